@@ -1,0 +1,4 @@
+"""Root conftest: registers the fixture plugins that start real components."""
+
+pytest_plugins: list[str] = [
+]
