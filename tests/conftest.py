@@ -1,4 +1,5 @@
 """Root conftest: registers the fixture plugins that start real components."""
 
 pytest_plugins: list[str] = [
+    "tests.support.registry_fixtures",
 ]
