@@ -19,6 +19,9 @@ import urllib.parse
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+from cryptography.hazmat.primitives.hashes import SHA256
 
 from tests.support.images import (
     DOCKER_MANIFEST_LIST,
@@ -35,6 +38,7 @@ from tests.support.registry import (
     require_binary,
 )
 from tests.support.registry_fixtures import PRIVATE_REPO, SeededImages
+from tests.support.schema1 import SCHEMA1_SIGNED, SCHEMA1_UNSIGNED, Schema1Registry
 from tests.support.tokenserver import TokenFault
 
 
@@ -433,3 +437,66 @@ def test_missing_binary_raises_not_skips(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setenv("PATH", "/nonexistent")
     with pytest.raises(FileNotFoundError, match="install-deps"):
         require_binary("docker-registry")
+
+
+# -- schema 1 double ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("tag", "media_type"),
+    [
+        pytest.param("1", SCHEMA1_SIGNED, id="signed"),
+        pytest.param("unsigned", SCHEMA1_UNSIGNED, id="unsigned"),
+    ],
+)
+def test_schema1_double_digest_agrees_with_skopeo(
+    schema1_registry: Schema1Registry, tag: str, media_type: str
+) -> None:
+    # skopeo strips the JWS signatures itself (libtrust formatLength/formatTail), so equal
+    # digests show the signed body is framed the way real schema 1 manifests are.
+    formatted = subprocess.run(
+        [
+            "skopeo",
+            "inspect",
+            "--tls-verify=false",
+            "--format",
+            "{{.Digest}}",
+            f"docker://{schema1_registry.host}/{schema1_registry.repo}:{tag}",
+        ],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert formatted.returncode == 0, formatted.stderr
+    status, headers, _ = http_request(
+        "HEAD", f"{schema1_registry.url}/v2/{schema1_registry.repo}/manifests/{tag}"
+    )
+    assert status == 200
+    assert headers["content-type"] == media_type
+    assert headers["docker-content-digest"] == formatted.stdout.decode().strip()
+
+
+def test_schema1_signature_verifies(schema1_registry: Schema1Registry) -> None:
+    document = json.loads(schema1_registry.signed_body)
+    (signature,) = document["signatures"]
+
+    def unb64(text: str) -> bytes:
+        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+    protected = json.loads(unb64(signature["protected"]))
+    payload = schema1_registry.signed_body[: protected["formatLength"]] + unb64(
+        protected["formatTail"]
+    )
+    assert "sha256:" + hashlib.sha256(payload).hexdigest() == schema1_registry.digest
+    jwk = signature["header"]["jwk"]
+    public_key = ec.EllipticCurvePublicNumbers(
+        int.from_bytes(unb64(jwk["x"]), "big"),
+        int.from_bytes(unb64(jwk["y"]), "big"),
+        ec.SECP256R1(),
+    ).public_key()
+    raw = unb64(signature["signature"])
+    der = encode_dss_signature(int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:], "big"))
+    signing_input = f"{signature['protected']}.".encode() + base64.urlsafe_b64encode(
+        payload
+    ).rstrip(b"=")
+    public_key.verify(der, signing_input, ec.ECDSA(SHA256()))  # raises when wrong

@@ -144,6 +144,8 @@ class RunningRegistry:
     """(user, password) the helpers push and delete with; None for an open registry."""
     token_server: TokenServer | None = None
     """The token server for ``token`` mode, else None."""
+    owns_token_server: bool = False
+    """True when :meth:`close` should stop :attr:`token_server` (it was started for us)."""
     process: subprocess.Popen[bytes] | None = None
     """The running process (None when stopped)."""
 
@@ -252,11 +254,11 @@ class RunningRegistry:
         self.start()
 
     def close(self) -> None:
-        """Stop the registry and its token server."""
+        """Stop the registry, and the token server when it was started for this registry."""
         try:
             self.stop()
         finally:
-            if self.token_server is not None:
+            if self.token_server is not None and self.owns_token_server:
                 self.token_server.stop()
 
     # -- pushing and inspecting ------------------------------------------------------
@@ -535,9 +537,9 @@ def start_registry(
 ) -> RunningRegistry:
     """Start a registry in ``work_dir`` (created) in the given auth mode.
 
-    ``token`` mode starts a :class:`TokenServer` unless one is given (it is then owned by
-    the registry and stopped by :meth:`RunningRegistry.close`); ``reader`` is the account
-    that may pull ``private_repos`` (a random password is made when None).
+    ``token`` mode starts a :class:`TokenServer` unless one is given (one started here is
+    stopped by :meth:`RunningRegistry.close`; a given one is left to its owner). ``reader``
+    is the account that may pull ``private_repos`` (a random password is made when None).
     """
     require_binary(REGISTRY_BINARY)
     require_binary(SKOPEO_BINARY)
@@ -545,6 +547,7 @@ def start_registry(
     auth: dict[str, object] | None = None
     credentials: tuple[str, str] | None = None
     push_credentials: tuple[str, str] | None = None
+    owns_token_server = False
     if mode == "htpasswd":
         password = secrets.token_urlsafe(12)
         hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=4)).decode()
@@ -555,6 +558,7 @@ def start_registry(
     elif mode == "token":
         if token_server is None:
             token_server = TokenServer().start()
+            owns_token_server = True
         credentials = reader or ("reader", secrets.token_urlsafe(12))
         token_server.users[credentials[0]] = credentials[1]
         token_server.add_private(*private_repos)
@@ -572,24 +576,30 @@ def start_registry(
         raise ValueError(f"unknown registry auth mode {mode!r}")
 
     last_error: RegistryStartError | None = None
-    for _attempt in range(3):  # a free port can be taken between probe and bind
-        port = free_port()
-        config = _registry_config(work_dir, port, auth)
-        (work_dir / "config.yml").write_text(yaml.safe_dump(config))
-        registry = RunningRegistry(
-            mode=mode,
-            port=port,
-            work_dir=work_dir,
-            credentials=credentials,
-            push_credentials=push_credentials,
-            token_server=token_server,
-        )
-        try:
-            registry.start()
-            return registry
-        except RegistryStartError as error:
-            if "address already in use" not in str(error):
-                raise
-            last_error = error
-    assert last_error is not None
-    raise last_error
+    try:
+        for _attempt in range(3):  # a free port can be taken between probe and bind
+            port = free_port()
+            config = _registry_config(work_dir, port, auth)
+            (work_dir / "config.yml").write_text(yaml.safe_dump(config))
+            registry = RunningRegistry(
+                mode=mode,
+                port=port,
+                work_dir=work_dir,
+                credentials=credentials,
+                push_credentials=push_credentials,
+                token_server=token_server,
+                owns_token_server=owns_token_server,
+            )
+            try:
+                registry.start()
+                return registry
+            except RegistryStartError as error:
+                if "address already in use" not in str(error):
+                    raise
+                last_error = error
+        assert last_error is not None
+        raise last_error
+    except BaseException:
+        if owns_token_server and token_server is not None:
+            token_server.stop()
+        raise

@@ -53,6 +53,74 @@ PUSH_USER = "pusher"
 """The account the fixtures push images with; it gets every action on every repository."""
 
 
+class BackgroundApp:
+    """Serve an aiohttp app on a free 127.0.0.1 port from its own loop in a daemon thread.
+
+    Usable from sync tests and from async tests (whose loop it never touches).
+    """
+
+    def __init__(self, app: web.Application, *, name: str) -> None:
+        self.app = app
+        self.name = name
+        self.port = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        """``http://127.0.0.1:PORT``."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> BackgroundApp:
+        """Bind, start serving and return once the socket accepts connections."""
+        if self._thread is not None:
+            raise RuntimeError(f"{self.name} already started")
+        ready = threading.Event()
+        errors: list[BaseException] = []
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", 0))
+        self.port = sock.getsockname()[1]
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+
+        def run() -> None:
+            asyncio.set_event_loop(loop)
+            runner = web.AppRunner(self.app, access_log=None)
+            try:
+                loop.run_until_complete(runner.setup())
+                loop.run_until_complete(web.SockSite(runner, sock).start())
+            except BaseException as error:  # surfaced to start()'s caller
+                errors.append(error)
+                ready.set()
+                sock.close()
+                loop.close()
+                return
+            ready.set()
+            try:
+                loop.run_forever()
+            finally:
+                loop.run_until_complete(runner.cleanup())
+                loop.close()
+
+        self._thread = threading.Thread(target=run, name=self.name, daemon=True)
+        self._thread.start()
+        if not ready.wait(10) or errors:
+            self.stop()
+            raise RuntimeError(f"{self.name} failed to start") from (errors or [None])[0]
+        return self
+
+    def stop(self) -> None:
+        """Stop the loop and join the thread (idempotent)."""
+        loop, thread = self._loop, self._thread
+        self._loop = self._thread = None
+        if loop is None or thread is None:
+            return
+        if not loop.is_closed():
+            loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+
+
 class TokenFault(enum.Enum):
     """How the token endpoint misbehaves; ``NONE`` is normal service."""
 
@@ -174,9 +242,7 @@ class TokenServer:
         self._untrusted = _make_signing_material()
         self._lock = threading.Lock()
         self._requests: list[TokenRequest] = []
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._runner: web.AppRunner | None = None
+        self._server: BackgroundApp | None = None
         self.port = 0
 
     # -- lifecycle -----------------------------------------------------------------
@@ -203,52 +269,18 @@ class TokenServer:
 
     def start(self) -> TokenServer:
         """Listen on a free 127.0.0.1 port in a background thread; returns self."""
-        if self._thread is not None:
+        if self._server is not None:
             raise RuntimeError("token server already started")
-        ready = threading.Event()
-        errors: list[BaseException] = []
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
-        self.port = sock.getsockname()[1]
-
-        def run() -> None:
-            loop = asyncio.new_event_loop()
-            self._loop = loop
-            asyncio.set_event_loop(loop)
-            try:
-                runner = web.AppRunner(self._make_app(), access_log=None)
-                loop.run_until_complete(runner.setup())
-                loop.run_until_complete(web.SockSite(runner, sock).start())
-                self._runner = runner
-            except BaseException as error:  # surfaced to start()'s caller
-                errors.append(error)
-                ready.set()
-                return
-            ready.set()
-            try:
-                loop.run_forever()
-            finally:
-                loop.run_until_complete(runner.cleanup())
-                loop.close()
-
-        self._thread = threading.Thread(target=run, name="token-server", daemon=True)
-        self._thread.start()
-        ready.wait(10)
-        if errors:
-            raise RuntimeError("token server failed to start") from errors[0]
+        self._server = BackgroundApp(self._make_app(), name="token-server").start()
+        self.port = self._server.port
         return self
 
     def stop(self) -> None:
         """Stop serving and join the thread (idempotent)."""
-        loop, thread = self._loop, self._thread
-        if loop is None or thread is None:
-            return
         self.fault = TokenFault.NONE  # releases HANG handlers
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        self._loop = None
-        self._thread = None
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
 
     def __enter__(self) -> TokenServer:
         return self.start()
