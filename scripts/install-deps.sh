@@ -13,6 +13,8 @@ APT_PACKAGES=(
   busybox-static
   # Kubernetes test cluster built from Debian's source (scripts/build-kubernetes.sh)
   etcd-server etcd-client golang-1.19-go golang-1.19-src rsync golang-github-modern-go-reflect2-dev dpkg-dev
+  # docker/noop.c, the static pre-pull no-op binary (tests/test_prepull_noop.py builds it)
+  gcc libc6-dev
 )
 
 missing=()

@@ -354,6 +354,12 @@ def _tolerations(value: object, key_path: str) -> tuple[dict[str, Json], ...]:
     return tuple(_toleration(item, f"{key_path}[{i}]") for i, item in enumerate(items))
 
 
+def _get(mapping: Mapping[str, Json], key: str, default: Json) -> Json:
+    """``mapping[key]``, or ``default`` when missing or null (but not when empty-and-wrong-type)."""
+    value = mapping.get(key)
+    return default if value is None else value
+
+
 def _json_copy(mapping: Mapping[str, Json]) -> dict[str, Json]:
     """A private deep copy, so later edits of the caller's data cannot change a parsed pool."""
     copied: dict[str, Json] = json.loads(json.dumps(mapping))
@@ -637,21 +643,21 @@ def _profile_alternatives(
         option = _mapping(raw_option, option_path)
         _known_keys(option, option_path, _OPTION_KEYS)
         alternatives: list[_Alternative] = []
-        choices = _mapping(option.get("choices") or {}, f"{option_path}.choices")
+        choices = _mapping(_get(option, "choices", {}), f"{option_path}.choices")
         for choice_name, raw_choice in choices.items():
             choice_path = _child(f"{option_path}.choices", choice_name)
             choice = _mapping(raw_choice, choice_path)
             _known_keys(choice, choice_path, _CHOICE_KEYS)
             override = _check_override(
-                choice.get("kubespawner_override") or {}, f"{choice_path}.kubespawner_override"
+                _get(choice, "kubespawner_override", {}), f"{choice_path}.kubespawner_override"
             )
             alternatives.append(_Alternative(f"{option_name}.{choice_name}", override, choice_path))
-        unlisted = _mapping(option.get("unlisted_choice") or {}, f"{option_path}.unlisted_choice")
+        unlisted = _mapping(_get(option, "unlisted_choice", {}), f"{option_path}.unlisted_choice")
         _known_keys(unlisted, f"{option_path}.unlisted_choice", _UNLISTED_KEYS)
         if unlisted.get("enabled"):
             unlisted_path = f"{option_path}.unlisted_choice"
             override = _check_override(
-                unlisted.get("kubespawner_override") or {}, f"{unlisted_path}.kubespawner_override"
+                _get(unlisted, "kubespawner_override", {}), f"{unlisted_path}.kubespawner_override"
             )
             alternatives.append(
                 _Alternative(f"{option_name}.unlisted_choice", override, unlisted_path)
@@ -671,11 +677,11 @@ def _parse_defaults(value: object, key_path: str) -> KubeSpawnerDefaults:
             else None
         ),
         node_selector=_node_selector(
-            mapping.get("node_selector") or {}, f"{key_path}.node_selector"
+            _get(mapping, "node_selector", {}), f"{key_path}.node_selector"
         ),
-        tolerations=_tolerations(mapping.get("tolerations") or [], f"{key_path}.tolerations"),
+        tolerations=_tolerations(_get(mapping, "tolerations", []), f"{key_path}.tolerations"),
         node_affinity_required=_node_selector_terms(
-            mapping.get("node_affinity_required") or [], f"{key_path}.node_affinity_required"
+            _get(mapping, "node_affinity_required", []), f"{key_path}.node_affinity_required"
         ),
     )
 
@@ -763,12 +769,12 @@ def derive_profile_pools(
         profile_override_path = f"{profile_path}.kubespawner_override"
         _apply_override(
             base,
-            _check_override(profile.get("kubespawner_override") or {}, profile_override_path),
+            _check_override(_get(profile, "kubespawner_override", {}), profile_override_path),
             "kubespawner_override",
             profile_override_path,
         )
         options = _profile_alternatives(
-            _mapping(profile.get("profile_options") or {}, f"{profile_path}.profile_options"),
+            _mapping(_get(profile, "profile_options", {}), f"{profile_path}.profile_options"),
             f"{profile_path}.profile_options",
         )
         combinations = 1
@@ -879,7 +885,7 @@ def parse_prepull(data: object, key_path: str = "prepull") -> PrepullConfig:
     _known_keys(section, key_path, _TOP_KEYS)
 
     pools_path = f"{key_path}.pools"
-    raw_pools = _mapping(section.get("pools") or {}, pools_path)
+    raw_pools = _mapping(_get(section, "pools", {}), pools_path)
     if len(raw_pools) > MAX_POOLS:
         raise ConfigError(pools_path, f"has {len(raw_pools)} pools; at most {MAX_POOLS} allowed")
     pools: dict[str, Pool] = {}
@@ -901,7 +907,7 @@ def parse_prepull(data: object, key_path: str = "prepull") -> PrepullConfig:
     explanation: tuple[Placement, ...] = ()
     if section.get("profile_list") is not None:
         defaults = _parse_defaults(
-            section.get("kubespawner_defaults") or {}, f"{key_path}.kubespawner_defaults"
+            _get(section, "kubespawner_defaults", {}), f"{key_path}.kubespawner_defaults"
         )
         pools, explanation = derive_profile_pools(
             section["profile_list"],
@@ -919,7 +925,7 @@ def parse_prepull(data: object, key_path: str = "prepull") -> PrepullConfig:
         )
 
     secrets_path = f"{key_path}.image_pull_secrets"
-    secrets = _list(section.get("image_pull_secrets") or [], secrets_path, max_items=32)
+    secrets = _list(_get(section, "image_pull_secrets", []), secrets_path, max_items=32)
     return PrepullConfig(
         namespace=(
             _dns_label(section["namespace"], f"{key_path}.namespace", what="namespace")
