@@ -7,6 +7,7 @@ plain HTTP for auth behaviour, and the registry's access log for request counts.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import gzip
@@ -18,6 +19,7 @@ import tarfile
 import urllib.parse
 from pathlib import Path
 
+import aiohttp
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
@@ -500,3 +502,69 @@ def test_schema1_signature_verifies(schema1_registry: Schema1Registry) -> None:
         payload
     ).rstrip(b"=")
     public_key.verify(der, signing_input, ec.ECDSA(SHA256()))  # raises when wrong
+
+
+# -- from async tests ---------------------------------------------------------------
+
+
+async def test_request_log_counts_concurrent_heads_exactly(
+    token_registry: RunningRegistry, seeded_images: SeededImages
+) -> None:
+    # The checker's single-flight test relies on this count being exact under load.
+    server = token_registry.token_server
+    assert server is not None
+    path = "/v2/library/ubuntu/manifests/22.04"
+    async with aiohttp.ClientSession() as session:
+        query = {"service": server.service, "scope": "repository:library/ubuntu:pull"}
+        async with session.get(server.realm, params=query) as response:
+            token = (await response.json())["token"]
+        since = len(token_registry.request_log())
+        headers = {"Authorization": f"Bearer {token}", "Accept": MANIFEST_ACCEPT}
+
+        async def head() -> str:
+            async with session.head(token_registry.url + path, headers=headers) as response:
+                assert response.status == 200
+                return response.headers["Docker-Content-Digest"]
+
+        digests = await asyncio.gather(*(head() for _ in range(200)))
+    assert set(digests) == {seeded_images["library/ubuntu:22.04"]}
+    assert token_registry.manifest_requests("library/ubuntu", "22.04", ("HEAD",), since) == 200
+    assert token_registry.manifest_requests("library/ubuntu", "22.04", ("GET",), since) == 0
+
+
+async def test_token_server_hang_and_reset_faults(token_registry: RunningRegistry) -> None:
+    server = token_registry.token_server
+    assert server is not None
+    url = f"{server.realm}?service={server.service}&scope=repository:a/b:pull"
+    async with aiohttp.ClientSession() as session:
+        server.fault = TokenFault.HANG
+        try:
+            with pytest.raises(asyncio.TimeoutError):
+                async with session.get(url, timeout=aiohttp.ClientTimeout(total=0.5)):
+                    pass
+            server.fault = TokenFault.RESET
+            with pytest.raises(aiohttp.ClientError):
+                async with session.get(url) as response:
+                    await response.read()
+        finally:
+            server.fault = TokenFault.NONE
+        async with session.get(url) as response:
+            assert response.status == 200
+
+
+def test_grant_unknown_repos_gives_self_hosted_404(token_registry: RunningRegistry) -> None:
+    server = token_registry.token_server
+    assert server is not None
+    server.grant_unknown_repos = True
+    try:
+        status, _, body = _get(f"{server.realm}?service={server.service}&scope=repository:x/y:pull")
+    finally:
+        server.grant_unknown_repos = False
+    token = json.loads(body)["token"]
+    auth = {"Authorization": f"Bearer {token}", "Accept": MANIFEST_ACCEPT}
+    status, _, body = _get(f"{token_registry.url}/v2/x/y/manifests/1", auth)
+    assert status == 404
+    assert json.loads(body)["errors"][0]["code"] == "MANIFEST_UNKNOWN"
+    status, _, body = _get(f"{token_registry.url}/v2/x/y/tags/list", auth)
+    assert status == 404
+    assert json.loads(body)["errors"][0]["code"] == "NAME_UNKNOWN"

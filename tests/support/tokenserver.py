@@ -14,7 +14,8 @@ known users also get ``pull`` on private ones; the push user gets everything. Fo
 or unknown repository an anonymous caller still gets a token, but with an EMPTY access list,
 so the registry answers ``401`` with ``error="insufficient_scope"``: a client cannot tell
 "private" from "does not exist" (set ``grant_unknown_repos`` to behave like a self-hosted
-registry that would answer ``404 NAME_UNKNOWN`` instead). Wrong credentials get ``401``.
+registry: a manifest request then gets ``404 MANIFEST_UNKNOWN``, ``tags/list`` gets
+``404 NAME_UNKNOWN``). Wrong credentials get ``401``.
 
 Tokens are ES256 JWTs whose header carries an ``x5c`` chain (leaf, then a self-signed CA);
 the CA certificate is the registry's ``rootcertbundle``. ``iss`` is the issuer and ``aud``
