@@ -435,6 +435,19 @@ def test_seeded_sizes_equal_sum_of_stored_descriptors(
             assert stored == detail.size_bytes[platform], (name, platform)
 
 
+def test_registry_settings_point_at_the_registry(htpasswd_registry: RunningRegistry) -> None:
+    assert htpasswd_registry.credentials is not None
+    user, password = htpasswd_registry.credentials
+    assert htpasswd_registry.registry_settings() == {
+        "endpoint": htpasswd_registry.url,
+        "username": user,
+        "password": password,
+    }
+    assert htpasswd_registry.registry_settings(with_credentials=False) == {
+        "endpoint": htpasswd_registry.url
+    }
+
+
 def test_missing_binary_raises_not_skips(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", "/nonexistent")
     with pytest.raises(FileNotFoundError, match="install-deps"):

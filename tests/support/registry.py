@@ -261,6 +261,13 @@ class RunningRegistry:
             if self.token_server is not None and self.owns_token_server:
                 self.token_server.stop()
 
+    def registry_settings(self, *, with_credentials: bool = True) -> dict[str, str]:
+        """A ``registries:`` entry pointing a host (quay.io, docker.io, …) at this registry."""
+        settings = {"endpoint": self.url}
+        if with_credentials and self.credentials is not None:
+            settings["username"], settings["password"] = self.credentials
+        return settings
+
     # -- pushing and inspecting ------------------------------------------------------
 
     def _creds_args(self, flag: str) -> list[str]:

@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -113,13 +114,13 @@ class SeededImages(dict[str, str]):
         self.details: dict[str, SeededImage] = {}
 
 
-def _stored_manifest(registry: RunningRegistry, repo: str, digest: str) -> dict[str, object]:
+def _stored_manifest(registry: RunningRegistry, repo: str, digest: str) -> dict[str, Any]:
     status, _, body = registry.api_request(
         "GET", f"/v2/{repo}/manifests/{digest}", {"Accept": MANIFEST_ACCEPT}
     )
     if status != 200:
         raise RuntimeError(f"GET {repo}@{digest} answered {status}")
-    document: dict[str, object] = json.loads(body)
+    document: dict[str, Any] = json.loads(body)
     return document
 
 
@@ -130,7 +131,7 @@ def _describe(
     media_type = str(top["mediaType"])
     platform_digests: dict[str, str] = {}
     if isinstance(top.get("manifests"), list):
-        for entry in top["manifests"]:  # type: ignore[union-attr]
+        for entry in top["manifests"]:
             platform = entry["platform"]
             platform_digests[f"{platform['os']}/{platform['architecture']}"] = entry["digest"]
     else:

@@ -108,7 +108,7 @@ class BackgroundApp:
         self._thread.start()
         if not ready.wait(10) or errors:
             self.stop()
-            raise RuntimeError(f"{self.name} failed to start") from (errors or [None])[0]
+            raise RuntimeError(f"{self.name} failed to start") from (errors[0] if errors else None)
         return self
 
     def stop(self) -> None:
