@@ -28,6 +28,7 @@ from imagewarden.config import DEFAULT_SETTINGS, FailureMode, Settings
 from imagewarden.errors import (
     CredentialsRefusedError,
     InvalidReference,
+    InvalidRegistryResponseError,
     PlatformNotFoundError,
     RegistryError,
     RegistryUnreachableError,
@@ -125,6 +126,7 @@ _ERROR_CODES: tuple[tuple[type[RegistryError], str], ...] = (
     (CredentialsRefusedError, "unauthorized"),
     (PlatformNotFoundError, "platform"),
     (UnsupportedManifestError, "unsupported_manifest"),
+    (InvalidRegistryResponseError, "registry_error"),
 )
 
 
@@ -132,7 +134,7 @@ def _error_code(error: RegistryError) -> str:
     for error_type, code in _ERROR_CODES:
         if isinstance(error, error_type):
             return code
-    return "registry_unavailable"
+    return "registry_error"
 
 
 def _human_size(size_bytes: int) -> str:

@@ -24,6 +24,7 @@ CHECK_REASONS = (
     "platform",
     "unsupported_manifest",
     "registry_unavailable",
+    "registry_error",
     "stale",
     "failure_mode_allow",
 )
