@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import os
+import reprlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -144,8 +145,16 @@ DEFAULT_SETTINGS = Settings()
 # --- strict readers: each one names the key path of what it rejects -------------------------
 
 
+_SHOWN = reprlib.Repr()
+_SHOWN.maxlevel = 2
+_SHOWN.maxstring = _SHOWN.maxother = 200
+_SHOWN.maxlist = _SHOWN.maxdict = _SHOWN.maxtuple = _SHOWN.maxset = 4
+
+
 def _shown(value: object) -> str:
-    text = repr(value)
+    # Bounded repr: a YAML alias bomb is a small graph of shared lists whose full repr would
+    # be billions of items long.
+    text = repr(value) if isinstance(value, str) else _SHOWN.repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
 
 
@@ -286,6 +295,8 @@ def _registry_host(host: str, key_path: str) -> str:
     from imagewarden.policy import compile_rule
 
     try:
+        if "/" in host:  # "quay.io/org" would otherwise compile as the rule quay.io/org/x
+            raise PolicyPatternError(host)
         rule = compile_rule(f"{host}/x")
     except PolicyPatternError:
         raise ConfigError(
@@ -381,9 +392,20 @@ def parse_settings(data: object) -> Settings:
         {"registries", "credentials", "policy", "profiles", "checker", "service", "prepull"},
     )
     registries: dict[str, RegistrySettings] = {}
+    spelled: dict[str, str] = {}
     for host, registry in _mapping(top.get("registries"), "registries").items():
         key_path = f"registries.{host}"
-        registries[_registry_host(host, key_path)] = _registry(registry, key_path)
+        normalized = _registry_host(host, key_path)
+        if normalized in spelled:
+            # QUAY.IO and quay.io (or index.docker.io and docker.io) are one registry; keeping
+            # whichever came last would silently drop the other's settings.
+            raise ConfigError(
+                key_path,
+                f"{_shown(host)} is the same registry as registries.{spelled[normalized]}; "
+                "merge the two entries",
+            )
+        spelled[normalized] = host
+        registries[normalized] = _registry(registry, key_path)
 
     credentials = _mapping(top.get("credentials"), "credentials")
     _check_keys(credentials, "credentials", {"docker_config", "dockerconfigjson_files"})
