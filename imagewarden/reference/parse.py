@@ -432,6 +432,12 @@ def diagnose(text: str) -> str:
     problem = host_without_repository(text)
     if problem is not None:
         return problem
+    first, slash, _ = text.partition("/")
+    if slash and first.startswith("["):
+        # A bracketed host may hold '%zone' or even '@', which must not be read as a digest.
+        problem = host_problem(first)
+        if problem is not None:
+            return problem
     if text.count("@") > 1:
         return "it contains more than one '@'; only the digest follows an '@'"
     name, tag, digest = split_reference(text)
