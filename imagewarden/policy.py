@@ -38,6 +38,75 @@ _DOCKER_HUB_ALIASES = frozenset({"index.docker.io", "registry-1.docker.io"})
 _ALLOWED_LIST_SHOWN = 5
 
 
+_SEGMENT_RUN = "*"
+_ANY_RUN = "**"
+_WILDCARDS = frozenset({_SEGMENT_RUN, _ANY_RUN})
+
+
+@dataclass(frozen=True)
+class _Glob:
+    """A compiled glob: ``*`` matches any run of characters except ``stop``, ``**`` any run.
+
+    Matched by carrying the set of text positions reachable after each piece, so a match costs
+    at most len(glob) × len(text) steps. (A regex translation backtracks exponentially: the
+    rule ``quay.io/*a*a*a*a*b`` against a name of 200 ``a`` ran for minutes.)
+    """
+
+    pieces: tuple[str, ...]
+    """Literal runs and the wildcards ``*`` and ``**``, in order."""
+    stop: str
+    """The character ``*`` does not cross (``/`` in paths); empty for none."""
+
+    @classmethod
+    def compile(cls, glob: str, *, stop: str) -> _Glob:
+        pieces: list[str] = []
+        for index, between_any in enumerate(glob.split(_ANY_RUN)):
+            if index:
+                pieces.append(_ANY_RUN)
+            for inner, literal in enumerate(between_any.split(_SEGMENT_RUN)):
+                if inner:
+                    pieces.append(_SEGMENT_RUN)
+                if literal:
+                    pieces.append(literal)
+        return cls(tuple(pieces), stop)
+
+    def fullmatch(self, text: str) -> bool:
+        positions = {0}
+        for piece in self.pieces:
+            if piece == _ANY_RUN:
+                positions = set(range(min(positions), len(text) + 1))
+            elif piece == _SEGMENT_RUN:
+                reach: set[int] = set()
+                for start in sorted(positions):
+                    if start in reach:
+                        continue  # same segment as an earlier start: nothing new to reach
+                    stop_at = text.find(self.stop, start) if self.stop else -1
+                    segment_end = len(text) if stop_at < 0 else stop_at
+                    reach.update(range(start, segment_end + 1))
+                positions = reach
+            else:
+                positions = {at + len(piece) for at in positions if text.startswith(piece, at)}
+            if not positions:
+                return False
+        return len(text) in positions
+
+
+def _policy_name(ref: Reference) -> tuple[str, str]:
+    """Host and path as rules see them, normalized as :func:`compile_rule` normalizes rules.
+
+    The grammar keeps ``Docker.IO/ubuntu`` and ``registry-1.docker.io/library/ubuntu`` apart
+    from ``docker.io/library/ubuntu`` (as distribution does), but they name the same repository,
+    so they must meet the same rules.
+    """
+    host = ref.domain.lower()
+    if host in _DOCKER_HUB_ALIASES:
+        host = "docker.io"
+    path = ref.path
+    if host == "docker.io" and "/" not in path:
+        path = f"library/{path}"
+    return host, path
+
+
 @dataclass(frozen=True)
 class Rule:
     """One compiled allow/deny pattern."""
@@ -46,30 +115,21 @@ class Rule:
     """The pattern as the admin wrote it (shown in reasons)."""
     host: str
     """Lower-case registry host, compared exactly."""
-    path_regex: re.Pattern[str] = field(compare=False)
-    tag_regex: re.Pattern[str] | None = field(compare=False)
+    path_glob: _Glob = field(compare=False)
+    tag_glob: _Glob | None = field(compare=False)
 
     @property
     def limits_tags(self) -> bool:
-        return self.tag_regex is not None
+        return self.tag_glob is not None
 
     def matches(self, ref: Reference) -> bool:
-        if ref.domain.lower() != self.host or not self.path_regex.fullmatch(ref.path):
+        host, path = _policy_name(ref)
+        if host != self.host or not self.path_glob.fullmatch(path):
             return False
-        if self.tag_regex is None:
+        if self.tag_glob is None:
             return True
         tag = ref.tag if ref.tag is not None else (None if ref.digest else _IMPLIED_TAG)
-        return tag is not None and self.tag_regex.fullmatch(tag) is not None
-
-
-def _glob_to_regex(glob: str, *, single: str) -> re.Pattern[str]:
-    """``**`` becomes "anything", ``*`` becomes a run of ``single``; all else is literal."""
-    parts: list[str] = []
-    for index, piece in enumerate(glob.split("**")):
-        if index:
-            parts.append(".*")
-        parts.append(f"{single}*".join(re.escape(chunk) for chunk in piece.split("*")))
-    return re.compile("".join(parts))
+        return tag is not None and self.tag_glob.fullmatch(tag)
 
 
 def compile_rule(pattern: str) -> Rule:
@@ -100,14 +160,14 @@ def compile_rule(pattern: str) -> Rule:
             f"{shown!r} has an invalid repository glob {path_glob!r}; use lower-case letters, "
             "digits, '.', '_', '-', '/' and the wildcards * (one segment) and ** (any depth)"
         )
-    tag_regex = None
+    tag_matcher = None
     if colon:
         if not _TAG_GLOB_PATTERN.fullmatch(tag_glob):
             raise PolicyPatternError(
                 f"{shown!r} has an invalid tag glob {tag_glob!r}; use tag characters "
                 "(letters, digits, '_', '.', '-') and *"
             )
-        tag_regex = _glob_to_regex(tag_glob, single="[A-Za-z0-9_.-]")
+        tag_matcher = _Glob.compile(tag_glob, stop="")
     if host in _DOCKER_HUB_ALIASES:
         host = "docker.io"
     if host == "docker.io" and "/" not in path_glob and "**" not in path_glob:
@@ -116,8 +176,8 @@ def compile_rule(pattern: str) -> Rule:
     return Rule(
         pattern=pattern,
         host=host,
-        path_regex=_glob_to_regex(path_glob, single="[^/]"),
-        tag_regex=tag_regex,
+        path_glob=_Glob.compile(path_glob, stop="/"),
+        tag_glob=tag_matcher,
     )
 
 
