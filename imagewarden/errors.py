@@ -132,3 +132,13 @@ class EngineUnavailableError(EngineError):
 
 class ImagePullError(EngineError):
     """The engine could not pull an image: gone upstream, refused credentials, stalled, …"""
+
+
+class WatchGoneError(ImagewardenError):
+    """A Kubernetes watch's resourceVersion is too old (410 Gone): the collection must be listed
+    again (``imagewarden.prepull.controller.continuous_watch`` does so)."""
+
+
+class LeaseLostError(ImagewardenError):
+    """The pre-pull controller no longer holds its Lease (another replica took it, or renewing
+    failed for too long), so it must stop writing at once."""

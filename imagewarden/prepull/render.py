@@ -30,6 +30,7 @@ from imagewarden.reference import parse
 
 __all__ = [
     "COMPONENT",
+    "DAEMONSET_PREFIX",
     "MANAGED_BY_LABEL",
     "MANAGED_BY_VALUE",
     "NOOP_BINARY_PATH",
