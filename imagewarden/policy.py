@@ -154,6 +154,13 @@ def compile_rule(pattern: str) -> Rule:
             f"{shown!r} does not start with a registry host such as quay.io or docker.io "
             "(hosts are matched exactly, without wildcards)"
         )
+    if "." not in host and ":" not in host and host != "localhost":
+        # Without this, deny: ["jupyter/*"] would compile to the host "jupyter", match nothing
+        # and leave docker.io/jupyter/* allowed.
+        raise PolicyPatternError(
+            f"{shown!r} does not start with a registry host ({host!r} has no '.' or ':' and is "
+            f"not localhost); rules name the registry, so for Docker Hub write docker.io/{shown}"
+        )
     path_glob, colon, tag_glob = rest.partition(":")
     if not _PATH_GLOB_PATTERN.fullmatch(path_glob) or "***" in path_glob:
         raise PolicyPatternError(
@@ -162,7 +169,7 @@ def compile_rule(pattern: str) -> Rule:
         )
     tag_matcher = None
     if colon:
-        if not _TAG_GLOB_PATTERN.fullmatch(tag_glob):
+        if not _TAG_GLOB_PATTERN.fullmatch(tag_glob) or "***" in tag_glob:
             raise PolicyPatternError(
                 f"{shown!r} has an invalid tag glob {tag_glob!r}; use tag characters "
                 "(letters, digits, '_', '.', '-') and *"
