@@ -318,7 +318,7 @@ class RegistryClient:
         if response.status == 200:
             digest = response.headers.get("Docker-Content-Digest")
             content_type = response.headers.get("Content-Type")
-            if digest and ":" in digest:
+            if digest and mf.is_digest(digest):
                 return digest, content_type.split(";")[0].strip() if content_type else None
             log.warning("HEAD %s gave no digest, falling back on GET", url)
         elif response.status in (401, 403, 404, 429) or response.status >= 500:
@@ -421,7 +421,7 @@ class RegistryClient:
         except RegistryError:
             tags = []
         suggestions = tuple(difflib.get_close_matches(tag, tags, n=3, cutoff=0.5))
-        name = ref.familiar.rsplit(":", 1)[0] if ref.tag else ref.familiar
+        name = ref.familiar_name
         hint = (
             "did you mean " + " or ".join(suggestions) + "?"
             if suggestions

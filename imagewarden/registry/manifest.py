@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from imagewarden.errors import InvalidRegistryResponseError, UnsupportedManifestError
+from imagewarden.reference import DIGEST_HEX_LENGTHS
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -92,6 +93,16 @@ def verify_digest(body: bytes, digest: str, *, registry: str) -> None:
         )
 
 
+def is_digest(text: str) -> bool:
+    """Whether ``text`` is ``ALGORITHM:HEX`` with a known algorithm and the right hex length."""
+    algorithm, _, hex_part = text.partition(":")
+    return (
+        algorithm in DIGEST_HEX_LENGTHS
+        and len(hex_part) == DIGEST_HEX_LENGTHS[algorithm]
+        and all(ch in "0123456789abcdef" for ch in hex_part)
+    )
+
+
 def compute_digest(body: bytes) -> str:
     return "sha256:" + hashlib.sha256(body).hexdigest()
 
@@ -150,7 +161,7 @@ def parse_index(document: dict[str, Any], *, registry: str) -> tuple[IndexEntry,
         )
     entries: list[IndexEntry] = []
     for item in manifests:
-        if not isinstance(item, dict) or not isinstance(item.get("digest"), str):
+        if not isinstance(item, dict) or not is_digest(str(item.get("digest", ""))):
             raise InvalidRegistryResponseError(
                 f"{registry} sent an image index with a malformed entry.", registry=registry
             )
@@ -192,7 +203,7 @@ def select_platform(entries: tuple[IndexEntry, ...], wanted: Platform) -> IndexE
 def parse_image_manifest(document: dict[str, Any], *, registry: str) -> ImageManifest:
     config = document.get("config")
     layers = document.get("layers")
-    if not isinstance(config, dict) or not isinstance(config.get("digest"), str):
+    if not isinstance(config, dict) or not is_digest(str(config.get("digest", ""))):
         raise InvalidRegistryResponseError(
             f"{registry} sent an image manifest without a config descriptor.", registry=registry
         )
