@@ -20,6 +20,7 @@ WORKDIR /src
 # The no-op first: it changes rarely, so this layer stays cached across code changes.
 COPY docker/noop.c docker/noop.c
 RUN gcc -static -Os -s -o /noop docker/noop.c \
+ && chmod 0755 /noop \
  && /noop
 COPY pyproject.toml README.md ./
 COPY imagewarden imagewarden
