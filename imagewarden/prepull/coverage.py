@@ -127,8 +127,9 @@ def parse_pull_event(reason: str, message: str) -> PullEvent | None:
             duration = None
         size = match.group("size")
         return PullEvent("pulled", match.group("image"), duration, int(size) if size else None)
-    if reason in ("Failed", "ErrImagePull"):
-        if image is None:  # "Error: ErrImagePull" repeats the real failure; not a new one
+    if reason == "Failed":
+        # "Error: ErrImagePull" / "Error: ImagePullBackOff" repeat a failure already reported.
+        if not message.startswith("Failed to pull image"):
             return None
         return PullEvent("failed", image, error=message[:1024])
     if reason == "BackOff" and "pulling image" in message:
