@@ -24,6 +24,7 @@ import pytest
 import yaml
 
 from imagewarden.config import load_config
+from imagewarden.prepull.controller import LEASE_NAME, RBAC_RULES
 from tests.support.helm import (
     CHART_DIR,
     CI_VALUES_DIR,
@@ -428,37 +429,49 @@ def test_rbac_names_resources_and_verbs_without_wildcards(names: tuple[str, ...]
             assert "secrets" not in rule["resources"]
 
 
-def test_controller_rbac_grants_exactly_these_rules() -> None:
-    """The controller's permissions, spelled out: a change here is a reviewed decision."""
+def _grants(rules: Any) -> set[tuple[str, str, str | None, str]]:
+    """Rules as (apiGroup, resource, resourceName or None, verb) grants."""
+    return {
+        (group, resource, name, verb)
+        for rule in rules
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for name in (rule.get("resourceNames") or [None])
+        for verb in rule["verbs"]
+    }
+
+
+def test_controller_rbac_mirrors_the_controllers_rbac_rules() -> None:
+    """The chart grants exactly what imagewarden.prepull.controller says it calls."""
     rendering = render()
     role = rendering.get("Role", "imagewarden-controller-prepull")
     cluster_role = rendering.get("ClusterRole", "jhub-imagewarden-controller-nodes")
-
-    def as_set(rules: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
-        return {
-            (group, resource, verb)
-            for rule in rules
-            for group in rule["apiGroups"]
-            for resource in rule["resources"]
-            for verb in rule["verbs"]
-        }
-
+    assert _grants(role["rules"]) == _grants(RBAC_RULES["Role"])
+    assert _grants(cluster_role["rules"]) == _grants(RBAC_RULES["ClusterRole"])
     assert role["metadata"]["namespace"] == "jhub"
-    assert as_set(role["rules"]) == {
-        *(("apps", "daemonsets", v) for v in ("create", "get", "list", "watch", "patch", "delete")),
-        ("", "pods", "list"),
-        ("", "pods", "watch"),
-        ("", "events", "list"),
-        ("", "events", "watch"),
-        ("coordination.k8s.io", "leases", "get"),
-        ("coordination.k8s.io", "leases", "create"),
-        ("coordination.k8s.io", "leases", "update"),
-    }
-    assert as_set(cluster_role["rules"]) == {("", "nodes", v) for v in ("get", "list", "watch")}
+    assert ("coordination.k8s.io", "leases", LEASE_NAME, "update") in _grants(role["rules"])
     binding = rendering.get("RoleBinding", "imagewarden-controller-prepull")
     assert binding["subjects"] == [
         {"kind": "ServiceAccount", "name": "imagewarden-controller", "namespace": "jhub"}
     ]
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    cluster_binding = rendering.get("ClusterRoleBinding", "jhub-imagewarden-controller-nodes")
+    assert cluster_binding["subjects"] == binding["subjects"]
+
+
+def test_controller_runs_the_prepull_command_with_its_identity() -> None:
+    spec = pod_specs(render())["Deployment/imagewarden-controller"]
+    [container] = spec["containers"]
+    assert spec["serviceAccountName"] == "imagewarden-controller"
+    args = container["args"]
+    assert args[:2] == ["prepull", "run"]
+    assert args[args.index("--config") + 1] == "/etc/imagewarden/config/config.yaml"
+    assert args[args.index("--port") + 1] == str(container["ports"][0]["containerPort"])
+    assert args[args.index("--identity") + 1] == "$(POD_NAME)"
+    env = {item["name"]: item for item in container["env"]}
+    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
 
 
 def test_rbac_follows_the_prepull_namespace() -> None:

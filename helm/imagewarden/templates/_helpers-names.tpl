@@ -66,9 +66,11 @@ two releases in different namespaces do not collide. */}}
 {{- printf "%s-%s-controller-nodes" .Release.Namespace (include "imagewarden.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
-{{- /* The coordination.k8s.io Lease that makes exactly one controller replica act. */}}
+{{- /* The coordination.k8s.io Lease that makes exactly one controller replica act. Fixed
+by the controller (imagewarden.prepull.controller.LEASE_NAME), so one release per pre-pull
+namespace; named here so the RBAC rule that names it has one source in the chart. */}}
 {{- define "imagewarden.controller-lease.fullname" -}}
-{{- include "imagewarden.fullname" . }}-controller
+imagewarden-prepull
 {{- end }}
 
 
