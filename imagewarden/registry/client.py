@@ -63,7 +63,7 @@ from imagewarden.registry.auth import (
     parse_challenges,
     parse_token_response,
 )
-from imagewarden.registry.hosts import endpoint_for, same_origin
+from imagewarden.registry.hosts import canonical_host, endpoint_for, same_origin
 
 log = logging.getLogger(__name__)
 
@@ -220,7 +220,7 @@ class RegistryClient:
     # --- public operations ----------------------------------------------------------------
 
     async def resolve(self, ref: Reference, *, platform: str = "linux/amd64") -> Resolution:
-        registry = ref.domain.lower()
+        registry = canonical_host(ref.domain)
         wanted = mf.Platform.parse(platform)
         reference = ref.digest or ref.tag or "latest"
         top_digest, header_type = await self._head_manifest(registry, ref, reference)
@@ -272,7 +272,7 @@ class RegistryClient:
 
     async def list_tags(self, ref: Reference, *, max_pages: int = MAX_TAG_PAGES) -> list[str]:
         """Tags of the repository, following ``Link`` pages up to ``max_pages``."""
-        registry = ref.domain.lower()
+        registry = canonical_host(ref.domain)
         base = endpoint_for(registry, self.settings.registries)
         url: URL | None = base / "v2" / ref.path / "tags" / "list" % {"n": str(TAG_PAGE_SIZE)}
         tags: list[str] = []
