@@ -87,7 +87,7 @@ def _parse_body(raw: bytes) -> tuple[str, str | None]:
     """(image, profile) from the request body; ValueError says what is wrong."""
     try:
         body = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):  # "[[[[…" nests too deep
         raise ValueError(
             'The request body must be JSON like {"image": "quay.io/org/name:tag"}.'
         ) from None
