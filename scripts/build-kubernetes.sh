@@ -13,6 +13,7 @@
 # - binaries are installed to $KUBE_TEST_CACHE/kubernetes-1.20.2/bin and verified by `--version`;
 #   when all three verify, the script exits at once (fast no-op for CI).
 #
+# Options: --with-kubectl also builds kubectl (for debugging by hand; tests never need it).
 # Environment: KUBE_TEST_CACHE (default /var/cache/imagewarden-test), KUBE_BUILD_FORCE=1 to rebuild.
 set -euo pipefail
 
@@ -27,13 +28,23 @@ LOG_FILE=$WORK_DIR/build.log
 GO_BIN=/usr/lib/go-1.19/bin
 REFLECT2_DEBIAN=/usr/share/gocode/src/github.com/modern-go/reflect2
 COMMANDS=(kube-apiserver kube-controller-manager kube-scheduler)
+for arg in "$@"; do
+  case $arg in
+    --with-kubectl) COMMANDS+=(kubectl) ;;
+    *) echo "usage: $0 [--with-kubectl]" >&2; exit 2 ;;
+  esac
+done
 
 log() { printf '[build-kubernetes %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
 
 binary_ok() {
   local binary=$1
   [[ -x $binary ]] || return 1
-  "$binary" --version 2>/dev/null | grep -qx "Kubernetes v$KUBE_VERSION"
+  if [[ $(basename "$binary") == kubectl ]]; then
+    "$binary" version --client --short 2>/dev/null | grep -qx "Client Version: v$KUBE_VERSION"
+  else
+    "$binary" --version 2>/dev/null | grep -qx "Kubernetes v$KUBE_VERSION"
+  fi
 }
 
 all_cached() {
@@ -42,34 +53,6 @@ all_cached() {
     binary_ok "$BIN_DIR/$cmd" || return 1
   done
 }
-
-if [[ ${KUBE_BUILD_FORCE:-0} != 1 ]] && all_cached; then
-  log "cached binaries verified (v$KUBE_VERSION) in $BIN_DIR"
-  exit 0
-fi
-
-mkdir -p "$WORK_DIR" "$BIN_DIR"
-# One build at a time on this machine: a second caller waits, then finds the cache valid.
-exec 9>"$WORK_DIR/.lock"
-if ! flock -n 9; then
-  log "another build holds $WORK_DIR/.lock; waiting for it"
-  flock 9
-  if [[ ${KUBE_BUILD_FORCE:-0} != 1 ]] && all_cached; then
-    log "cached binaries verified after waiting"
-    exit 0
-  fi
-fi
-
-for tool in "$GO_BIN/go" /usr/bin/rsync /usr/bin/dpkg-source /usr/bin/etcd; do
-  [[ -x $tool ]] || { log "missing $tool: run scripts/install-deps.sh first"; exit 1; }
-done
-[[ -f $REFLECT2_DEBIAN/reflect2.go ]] || {
-  log "missing $REFLECT2_DEBIAN: install golang-github-modern-go-reflect2-dev"
-  exit 1
-}
-
-log "building Kubernetes v$KUBE_VERSION (log: $LOG_FILE)"
-: >"$LOG_FILE"
 
 fetch_source() {
   if [[ -f $SOURCE_DIR/.imagewarden-extracted ]]; then
@@ -125,9 +108,9 @@ replace_reflect2() {
 build() {
   export PATH=$GO_BIN:$PATH
   export GOPROXY=off CGO_ENABLED=0
-  export GOCACHE=$CACHE_ROOT/go-build-cache
+  # hack/lib/golang.sh pins GOCACHE to _output/local/go/cache inside the kept source tree
+  # (under $WORK_DIR), so a rebuild there is warm (~4 min instead of ~15).
   export KUBE_GIT_VERSION=v$KUBE_VERSION KUBE_GIT_MAJOR=1 KUBE_GIT_MINOR=20 KUBE_GIT_TREE_STATE=clean
-  mkdir -p "$GOCACHE"
   local what=""
   local cmd
   for cmd in "${COMMANDS[@]}"; do what+="cmd/$cmd "; done
@@ -158,9 +141,43 @@ install_binaries() {
   log "installed ${COMMANDS[*]} to $BIN_DIR"
 }
 
-total_started=$SECONDS
-fetch_source
-replace_reflect2
-build
-install_binaries
-log "done in $((SECONDS - total_started)) s"
+
+main() {
+  if [[ ${KUBE_BUILD_FORCE:-0} != 1 ]] && all_cached; then
+    log "cached binaries verified (v$KUBE_VERSION) in $BIN_DIR"
+    exit 0
+  fi
+
+  mkdir -p "$WORK_DIR" "$BIN_DIR"
+  # One build at a time on this machine: a second caller waits, then finds the cache valid.
+  exec 9>"$WORK_DIR/.lock"
+  if ! flock -n 9; then
+    log "another build holds $WORK_DIR/.lock; waiting for it"
+    flock 9
+    if [[ ${KUBE_BUILD_FORCE:-0} != 1 ]] && all_cached; then
+      log "cached binaries verified after waiting"
+      exit 0
+    fi
+  fi
+
+  for tool in "$GO_BIN/go" /usr/bin/rsync /usr/bin/dpkg-source /usr/bin/etcd; do
+    [[ -x $tool ]] || { log "missing $tool: run scripts/install-deps.sh first"; exit 1; }
+  done
+  [[ -f $REFLECT2_DEBIAN/reflect2.go ]] || {
+    log "missing $REFLECT2_DEBIAN: install golang-github-modern-go-reflect2-dev"
+    exit 1
+  }
+
+  log "building Kubernetes v$KUBE_VERSION (log: $LOG_FILE)"
+  : >"$LOG_FILE"
+
+  total_started=$SECONDS
+  fetch_source
+  replace_reflect2
+  build
+  install_binaries
+  log "done in $((SECONDS - total_started)) s"
+}
+
+# One line, so bash has read the whole file before the build starts (safe to edit meanwhile).
+main "$@"; exit

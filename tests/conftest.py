@@ -2,4 +2,6 @@
 
 pytest_plugins: list[str] = [
     "tests.support.registry_fixtures",
+    "tests.support.agent_fixtures",
+    "tests.support.kube_fixtures",
 ]
