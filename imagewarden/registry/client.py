@@ -689,14 +689,21 @@ class RegistryClient:
     def _describe(error: BaseException) -> str:
         if isinstance(error, TimeoutError | asyncio.TimeoutError):
             return "no answer in time"
-        if isinstance(error, aiohttp.ClientSSLError | aiohttp.ClientConnectorCertificateError):
+        if isinstance(error, aiohttp.ClientConnectorCertificateError):
             return "its TLS certificate is not trusted"
+        if isinstance(error, aiohttp.ClientSSLError):
+            return "the TLS handshake failed; check that the endpoint speaks https"
         if isinstance(error, aiohttp.ClientConnectorDNSError):
             return "its name does not resolve"
         if isinstance(error, aiohttp.ClientConnectorError):
             return "connection refused"
-        if isinstance(error, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError):
+        if isinstance(
+            error,
+            aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError | aiohttp.ClientOSError,
+        ):
             return "the connection broke off"
+        if isinstance(error, aiohttp.ClientResponseError):
+            return "its answer was not HTTP"
         return type(error).__name__
 
     async def _read_body(
