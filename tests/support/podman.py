@@ -127,7 +127,7 @@ class PodmanService:
         return path.read_text(errors="replace") if path.exists() else ""
 
     def stop(self) -> None:
-        """Stop the service by PID (SIGTERM, then SIGKILL) and wait for it."""
+        """Stop the service by PID (SIGTERM, then SIGKILL), wait, and unmount its storage."""
         if self.process.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.process.pid, signal.SIGTERM)
@@ -137,6 +137,25 @@ class PodmanService:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(self.process.pid, signal.SIGKILL)
                 self.process.wait(timeout=STOP_TIMEOUT_SECONDS)
+        unmount_below(self.root)
+
+
+def mounts_below(root: Path) -> list[str]:
+    """Mount points under ``root`` (overlay storage leaves its own, and one per layer in use)."""
+    prefix = str(root.resolve()).rstrip("/") + "/"
+    found = []
+    with open("/proc/self/mountinfo", encoding="utf-8") as mountinfo:
+        for line in mountinfo:
+            mount_point = line.split()[4].replace("\\040", " ")
+            if mount_point.startswith(prefix):
+                found.append(mount_point)
+    return found
+
+
+def unmount_below(root: Path) -> None:
+    """Lazily unmount everything under ``root``, deepest first, so the temp dir can go."""
+    for mount_point in sorted(set(mounts_below(root)), key=len, reverse=True):
+        subprocess.run(["umount", "-l", mount_point], capture_output=True, check=False)
 
 
 def podman_env(root: Path, base: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -159,6 +178,7 @@ def write_config(root: Path, *, driver: str = "overlay") -> dict[str, str]:
     (root / "containers.conf").write_text(containers_conf(hard_nofile_limit()))
     (root / "registries.conf").write_text(registries_conf())
     (root / "storage.conf").write_text(storage_conf(root, driver))
+    (root / "auth.json").write_text('{"auths": {}}\n')
     env = podman_env(root)
     env["TMPDIR"] = str(root / "tmp")
     return env

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -32,6 +32,7 @@ __all__ = [
     "PullOutcome",
     "PullTarget",
     "classify_pull_error",
+    "foreign_names",
     "open_engine",
 ]
 
@@ -152,8 +153,12 @@ class Engine(Protocol):
         """Pull ``target.pinned``; raise :class:`~imagewarden.errors.ImagePullError` on failure."""
         ...
 
-    async def remove(self, target: PullTarget) -> None:
-        """Remove ``target.pinned`` (only ever called for images the agent itself pulled)."""
+    async def remove(self, target: PullTarget) -> bool:
+        """Remove ``target.pinned`` unless the image is known under any other name.
+
+        Only ever called for digests the agent itself pulled; an image that someone else also
+        tagged or pulled under another name is left alone (False). True when removed or gone.
+        """
         ...
 
     async def close(self) -> None:
@@ -217,6 +222,21 @@ def classify_pull_error(message: str) -> tuple[str, bool]:
     if any(marker in text for marker in _TEMPORARY_MARKERS) or _TEMPORARY_STATUS.search(text):
         return "network", True
     return "failed", True
+
+
+def foreign_names(names: Iterable[str], pinned: str) -> list[str]:
+    """Names of an image other than the agent's own ``name@digest`` pull.
+
+    Digest references of the same repository are the same pull seen from another level
+    (podman lists an index pull under the index and the platform manifest digest); a tag, or
+    any reference to another repository, means someone else named the image.
+    """
+    repository = pinned.partition("@")[0]
+    return [
+        name
+        for name in dict.fromkeys(names)
+        if name != pinned and not name.startswith(f"{repository}@")
+    ]
 
 
 def open_engine(

@@ -31,6 +31,7 @@ from imagewarden.prepull.engines import (
     PullOutcome,
     PullTarget,
     classify_pull_error,
+    foreign_names,
 )
 from imagewarden.prepull.engines._cri import api_pb2, api_pb2_grpc
 from imagewarden.registry.manifest import MAX_MANIFEST_BYTES
@@ -156,9 +157,10 @@ class CriEngine:
         auth = None
         if target.credentials is not None:
             username, password = target.credentials
-            auth = api_pb2.AuthConfig(
-                username=username, password=password, server_address=target.registry_host
-            )
+            # No server_address: containerd would compare it with the endpoint it contacts
+            # (a mirror from hosts.toml, registry-1.docker.io for docker.io) and drop the
+            # credentials on a mismatch; the request is for this one image anyway.
+            auth = api_pb2.AuthConfig(username=username, password=password)
         request = api_pb2.PullImageRequest(image=api_pb2.ImageSpec(image=target.pinned), auth=auth)
         try:
             reply = await self._service().PullImage(request, timeout=self._pull_timeout_seconds)
@@ -204,14 +206,23 @@ class CriEngine:
             temporary=temporary,
         )
 
-    async def remove(self, target: PullTarget) -> None:
+    async def remove(self, target: PullTarget) -> bool:
+        image = await self.image_status(target.pinned)
+        if image is None:
+            return True
+        # RemoveImage deletes the image under every name: keep it if anyone else named it.
+        others = foreign_names([*image.repo_tags, *image.repo_digests], target.pinned)
+        if others:
+            log.info("keeping %s: also known as %s", target.pinned, ", ".join(others))
+            return False
         request = api_pb2.RemoveImageRequest(image=api_pb2.ImageSpec(image=target.pinned))
         try:
             await self._service().RemoveImage(request, timeout=QUICK_CALL_TIMEOUT_SECONDS)
         except grpc.aio.AioRpcError as error:
             if error.code() == grpc.StatusCode.NOT_FOUND:
-                return
+                return True
             raise self._error(error, f"RemoveImage {target.pinned}") from error
+        return True
 
     async def close(self) -> None:
         if self._channel is not None:

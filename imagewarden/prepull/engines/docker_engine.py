@@ -50,6 +50,7 @@ from imagewarden.prepull.engines import (
     PullOutcome,
     PullTarget,
     classify_pull_error,
+    foreign_names,
 )
 
 __all__ = ["DockerEngine", "PullProgressTracker"]
@@ -194,6 +195,16 @@ def _iter_json_messages(chunks: Iterator[bytes]) -> Iterator[dict[str, Any]]:
             reason="failed",
             temporary=True,
         )
+
+
+def _other_names(inspected: Mapping[str, Any], pinned: str) -> list[str]:
+    """Names of an inspected image that someone other than the agent may have given it."""
+    names = [
+        str(name)
+        for name in [*(inspected.get("RepoTags") or []), *(inspected.get("RepoDigests") or [])]
+        if name and "<none>" not in str(name)
+    ]
+    return foreign_names(names, pinned)
 
 
 class _PullCall:
@@ -429,24 +440,32 @@ class DockerEngine:
                     temporary=True,
                 ) from error
 
-    async def remove(self, target: PullTarget) -> None:
-        def call() -> None:
+    async def remove(self, target: PullTarget) -> bool:
+        def call() -> bool:
+            found = self._inspect(target.pinned)
+            if found is None:
+                return True
+            others = _other_names(found, target.pinned)
+            if others:
+                log.info("keeping %s: also known as %s", target.pinned, ", ".join(others))
+                return False
             try:
                 self._client().remove_image(target.pinned, force=False, noprune=False)
             except docker.errors.ImageNotFound:
-                return
+                return True
             except docker.errors.APIError as error:
                 if error.status_code == 404:
-                    return
+                    return True
                 raise EngineError(
                     f"removing {target.pinned} failed: {error.explanation or error}",
                     engine=self.kind.value,
-                    temporary=error.status_code != 409,
+                    temporary=error.status_code != 409,  # 409: a container uses it
                 ) from error
             except requests.exceptions.RequestException as error:
                 raise self._unavailable(error) from error
+            return True
 
-        await self._run(call)
+        return await self._run(call)
 
     async def close(self) -> None:
         for call in list(self._calls):

@@ -1,0 +1,927 @@
+"""The node agent: keep one pool's images on this node, pulled through its container engine.
+
+``imagewarden agent --pool NAME`` reads the pool from the same config the controller uses,
+resolves each image to a digest with :class:`~imagewarden.registry.RegistryClient`, and has
+the node's engine (:mod:`imagewarden.prepull.engines`: Docker API or CRI) pull what is
+missing — pinned to the digest, with the registry credentials passed per pull, at most
+``max_parallel_pulls`` at a time, retrying temporary failures with exponential backoff. Every
+``recheck_interval_seconds`` it resolves again and pulls the images whose tag moved. It never
+removes an image it did not pull itself; with ``remove_replaced`` it removes the digests it
+pulled once their tag moved on.
+
+One round (:meth:`NodeAgent.run_round`) is the finite, testable unit; :meth:`NodeAgent.run`
+repeats it. The agent serves, on its own port, ``/metrics`` (the ``agent_*`` and
+``image_pull*`` families of :class:`~imagewarden.metrics.Metrics`), ``/status`` (per-image
+JSON: digest, state, bytes, rate, last error) and ``/healthz``; in a terminal it draws one
+progress bar per image (:class:`ProgressDisplay`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import enum
+import functools
+import json
+import logging
+import math
+import os
+import random
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from aiohttp import web
+from prometheus_client.aiohttp import make_aiohttp_handler
+
+from imagewarden.errors import (
+    ConfigError,
+    EngineError,
+    InvalidReference,
+    RegistryError,
+)
+from imagewarden.metrics import Metrics
+from imagewarden.prepull.engines import (
+    Engine,
+    EngineKind,
+    PullOutcome,
+    PullTarget,
+    open_engine,
+)
+from imagewarden.reference import Reference, parse
+
+__all__ = [
+    "AgentSettings",
+    "ImageRecord",
+    "ImageState",
+    "NodeAgent",
+    "ProgressDisplay",
+    "Resolver",
+    "add_parser",
+]
+
+log = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_INCOMPLETE = 1
+EXIT_USAGE = 2
+
+RATE_WINDOW_SECONDS = 5.0
+"""Transfer rates are averaged over this window: long enough to smooth podman's one-second
+progress steps, short enough to show a stall within seconds."""
+
+
+class ResolutionLike(Protocol):
+    """What the agent reads from :class:`imagewarden.registry.Resolution`."""
+
+    @property
+    def digest(self) -> str: ...
+
+    @property
+    def platform_digest(self) -> str: ...
+
+    @property
+    def size_bytes(self) -> int: ...
+
+
+class Resolver(Protocol):
+    """Resolves references to digests and holds registry credentials (the RegistryClient)."""
+
+    async def resolve(self, ref: Reference, *, platform: str = "linux/amd64") -> ResolutionLike:
+        """Digest and compressed size of ``ref`` for ``platform``; raises RegistryError."""
+        ...
+
+    def credentials_for(self, host: str) -> tuple[str, str] | None:
+        """(username, password) an engine should present to ``host``, if any."""
+        ...
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    """How the agent pulls; the pool itself comes from the config file."""
+
+    pool: str
+    """Name of the pre-pull pool (``prepull.pools.NAME``) whose images this node keeps."""
+    engine: EngineKind = EngineKind.DOCKER
+    """API of the node's container engine."""
+    engine_address: str | None = None
+    """Engine socket; ``None`` means the engine kind's default socket."""
+    platform: str = "linux/amd64"
+    """Platform the engine selects from multi-platform images (the pool's, else the config's)."""
+    max_parallel_pulls: int = 2
+    """Pulls running at once. Two keep a node's link busy while one pull is unpacking,
+    without starving the user pods already running there."""
+    recheck_interval_seconds: float = 300.0
+    """Time between rounds that re-resolve every tag; five minutes, as the controller."""
+    retries: int = 3
+    """Extra attempts after a temporary failure (network, stall, engine restart)."""
+    retry_base_seconds: float = 2.0
+    """First backoff delay; doubled per attempt, with jitter, up to ``retry_max_seconds``."""
+    retry_max_seconds: float = 60.0
+    """Longest backoff delay between two attempts."""
+    stall_timeout_seconds: float = 120.0
+    """A pull that reports no progress for this long is cut and retried (Docker API only;
+    podman reports at least once a second while bytes move)."""
+    pull_timeout_seconds: float = 3600.0
+    """Longest one pull attempt may take; 5-20 GB images over a slow link need tens of minutes."""
+    remove_replaced: bool = False
+    """Remove a digest the agent pulled once its tag has moved on (never anything else)."""
+    listen_host: str = "127.0.0.1"
+    """Address of the ``/metrics`` and ``/status`` endpoint."""
+    listen_port: int | None = 9465
+    """Port of that endpoint; 0 picks a free one, ``None`` serves nothing."""
+
+    def __post_init__(self) -> None:
+        if self.max_parallel_pulls < 1:
+            raise ConfigError("agent.max_parallel_pulls", "must be at least 1")
+        if self.retries < 0:
+            raise ConfigError("agent.retries", "must not be negative")
+        for name in ("recheck_interval_seconds", "stall_timeout_seconds", "pull_timeout_seconds"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"agent.{name}", f"must be a positive number, got {value!r}")
+
+
+class ImageState(enum.Enum):
+    """Where one wanted image stands on this node."""
+
+    PENDING = "pending"
+    """Not looked at yet."""
+    UNRESOLVED = "unresolved"
+    """The registry gave no digest (gone, private, unreachable); see ``last_error``."""
+    PRESENT = "present"
+    """The engine holds the wanted digest."""
+    QUEUED = "queued"
+    """Missing; waiting for a free pull slot."""
+    PULLING = "pulling"
+    """A pull is running."""
+    RETRYING = "retrying"
+    """The last attempt failed temporarily; waiting for the next one."""
+    FAILED = "failed"
+    """The pull failed permanently or ran out of attempts this round."""
+
+
+@dataclass
+class ImageRecord:
+    """What the agent knows about one image of its pool (one entry of ``/status``)."""
+
+    image: str
+    """The reference as configured (normalized)."""
+    reference: Reference
+    """Parsed :attr:`image`."""
+    state: ImageState = ImageState.PENDING
+    digest: str | None = None
+    """Digest the registry resolved most recently (the one the node should hold)."""
+    platform_digest: str | None = None
+    """Digest of the platform manifest inside :attr:`digest` (same for single-platform)."""
+    size_bytes: int | None = None
+    """Compressed size (config plus layers) of the platform's image, from the registry."""
+    bytes_done: int = 0
+    """Bytes downloaded by the running (or last) pull."""
+    bytes_total: int | None = None
+    """Bytes the running (or last) pull has to download, when known."""
+    rate_bytes_per_second: float = 0.0
+    """Download rate of the running pull over the last few seconds."""
+    attempts: int = 0
+    """Attempts made for the current digest."""
+    last_pull_seconds: float | None = None
+    """Duration of the last successful pull."""
+    last_pull_bytes: int | None = None
+    """Compressed bytes the last successful pull downloaded."""
+    last_pull_exact: bool = True
+    """False when the engine could not tell every blob's size (a lower bound)."""
+    last_pulled_at: float | None = None
+    """Unix time of the last successful pull."""
+    last_error: str | None = None
+    """Most recent failure (registry or engine), for people; never contains credentials."""
+    last_error_reason: str | None = None
+    """Class of :attr:`last_error`: ``not_found``, ``unauthorized``, ``stalled``, …"""
+    pulled_digests: list[str] = field(default_factory=list)
+    """Digests of this image the agent itself pulled (only these may ever be removed)."""
+    _samples: list[tuple[float, int]] = field(default_factory=list, repr=False)
+
+    @property
+    def pinned(self) -> str | None:
+        """``name@digest`` the node should hold."""
+        return f"{self.reference.name}@{self.digest}" if self.digest else None
+
+    def record_progress(self, done_bytes: int, total_bytes: int | None, now: float) -> None:
+        """Take one progress report; keeps a short window of samples for the rate."""
+        self.bytes_done = max(self.bytes_done, done_bytes)
+        if total_bytes is not None:
+            self.bytes_total = total_bytes
+        self._samples.append((now, self.bytes_done))
+        while len(self._samples) > 2 and now - self._samples[0][0] > RATE_WINDOW_SECONDS:
+            self._samples.pop(0)
+        first_time, first_bytes = self._samples[0]
+        elapsed = now - first_time
+        self.rate_bytes_per_second = (self.bytes_done - first_bytes) / elapsed if elapsed > 0 else 0
+
+    def reset_progress(self) -> None:
+        """Start counting a new pull attempt."""
+        self.bytes_done = 0
+        self.bytes_total = self.size_bytes
+        self.rate_bytes_per_second = 0.0
+        self._samples.clear()
+
+    def as_json(self) -> dict[str, Any]:
+        """The ``/status`` entry."""
+        return {
+            "image": self.image,
+            "state": self.state.value,
+            "present": self.state is ImageState.PRESENT,
+            "digest": self.digest,
+            "pinned": self.pinned,
+            "platform_digest": self.platform_digest,
+            "size_bytes": self.size_bytes,
+            "bytes_done": self.bytes_done,
+            "bytes_total": self.bytes_total,
+            "rate_bytes_per_second": round(self.rate_bytes_per_second, 1),
+            "attempts": self.attempts,
+            "last_pull_seconds": self.last_pull_seconds,
+            "last_pull_bytes": self.last_pull_bytes,
+            "last_pull_exact": self.last_pull_exact,
+            "last_pulled_at": self.last_pulled_at,
+            "last_error": self.last_error,
+            "last_error_reason": self.last_error_reason,
+            "pulled_digests": list(self.pulled_digests),
+        }
+
+
+@dataclass(frozen=True)
+class RoundReport:
+    """What one round did, for logs, tests and the ``--once`` exit code."""
+
+    pulled: tuple[str, ...]
+    """Pinned references pulled this round."""
+    skipped: tuple[str, ...]
+    """Pinned references already present (nothing to pull)."""
+    failed: tuple[str, ...]
+    """Images (as configured) that are not present after this round."""
+    removed: tuple[str, ...]
+    """Pinned references the agent removed because their tag moved on."""
+    duration_seconds: float
+    """Wall time of the round."""
+
+    @property
+    def complete(self) -> bool:
+        """True when every wanted image is present."""
+        return not self.failed
+
+
+class ProgressView(Protocol):
+    """Something that shows the records while pulls run (the terminal display)."""
+
+    def refresh(self, records: Sequence[ImageRecord]) -> None:
+        """Redraw from the current records; called a few times a second, must not block."""
+        ...
+
+
+class NodeAgent:
+    """Keeps one pool's images on this node; see the module docstring."""
+
+    def __init__(
+        self,
+        images: Sequence[str],
+        settings: AgentSettings,
+        *,
+        resolver: Resolver,
+        engine: Engine,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.settings = settings
+        self.resolver = resolver
+        self.engine = engine
+        self.metrics = metrics or Metrics()
+        self.records: list[ImageRecord] = []
+        for index, image in enumerate(images):
+            try:
+                self.records.append(ImageRecord(image=image, reference=parse(image)))
+            except InvalidReference as error:
+                key_path = f"prepull.pools.{settings.pool}.images[{index}]"
+                raise ConfigError(key_path, str(error)) from None
+        self.engine_version: str | None = None
+        self.rounds = 0
+        self.round_running = False
+        self.last_round: RoundReport | None = None
+        self.last_round_finished_at: float | None = None
+        self.started_at = time.time()
+        self.view: ProgressView | None = None
+        self.listen_port: int | None = None
+        self._slots = asyncio.Semaphore(settings.max_parallel_pulls)
+        self._stop = asyncio.Event()
+        self._runner: web.AppRunner | None = None
+        self._active_pulls = 0
+        self.max_active_pulls = 0
+        """Highest number of pulls that ran at once (for tests and the bench)."""
+        pool = settings.pool
+        for result in ("success", "failure", "skipped"):
+            self.metrics.image_pulls_total.labels(pool=pool, result=result)
+        self.metrics.agent_pull_bytes_total.labels(pool=pool)
+        self.metrics.agent_images_wanted.labels(pool=pool).set(len(self.records))
+        self.metrics.agent_images_present.labels(pool=pool).set(0)
+
+    # -- rounds ----------------------------------------------------------------------------
+
+    async def run_round(self) -> RoundReport:
+        """Resolve every image, pull what the node lacks, remove what the agent replaced."""
+        started = time.monotonic()
+        self.round_running = True
+        self.rounds += 1
+        pulled: list[str] = []
+        skipped: list[str] = []
+        removed: list[str] = []
+        try:
+            if self.engine_version is None:
+                self.engine_version = await self.engine.version()
+                log.info("engine: %s", self.engine_version)
+            await asyncio.gather(*(self._resolve(record) for record in self.records))
+            pulls = [self._ensure(record, pulled, skipped, removed) for record in self.records]
+            await self._with_view(asyncio.gather(*pulls))
+        finally:
+            self.round_running = False
+            self._update_gauges()
+        report = RoundReport(
+            pulled=tuple(pulled),
+            skipped=tuple(skipped),
+            failed=tuple(r.image for r in self.records if r.state is not ImageState.PRESENT),
+            removed=tuple(removed),
+            duration_seconds=time.monotonic() - started,
+        )
+        self.last_round = report
+        self.last_round_finished_at = time.time()
+        log.info(
+            "round %d: %d pulled, %d already present, %d missing, %d removed in %.1fs",
+            self.rounds,
+            len(report.pulled),
+            len(report.skipped),
+            len(report.failed),
+            len(report.removed),
+            report.duration_seconds,
+        )
+        return report
+
+    async def run(self, *, on_round: Callable[[], None] | None = None) -> None:
+        """Run rounds every ``recheck_interval_seconds`` until :meth:`stop`.
+
+        A round that cannot reach the engine is logged and the next one tries again.
+        ``on_round`` is called after every round (the CLI writes ``--status-file``).
+        """
+        while not self._stop.is_set():
+            try:
+                await self.run_round()
+            except EngineError as error:
+                log.warning("round %d could not use the engine: %s", self.rounds, error)
+            if on_round is not None:
+                on_round()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self.settings.recheck_interval_seconds)
+
+    def stop(self) -> None:
+        """Make :meth:`run` return after the current round."""
+        self._stop.set()
+
+    async def _resolve(self, record: ImageRecord) -> None:
+        try:
+            resolution = await self.resolver.resolve(
+                record.reference, platform=self.settings.platform
+            )
+        except RegistryError as error:
+            record.last_error = str(error)
+            record.last_error_reason = type(error).__name__
+            # A registry that is down leaves the last digest standing (the node may hold it);
+            # a definite answer (gone, refused) means there is nothing to pull any more.
+            if record.digest is None or not error.temporary:
+                record.state = ImageState.UNRESOLVED
+            log.warning("%s: cannot resolve: %s", record.image, error)
+            return
+        if record.digest is not None and resolution.digest != record.digest:
+            log.info("%s moved: %s -> %s", record.image, record.digest[:19], resolution.digest[:19])
+            record.attempts = 0
+            record.state = ImageState.PENDING
+        record.digest = resolution.digest
+        record.platform_digest = resolution.platform_digest
+        record.size_bytes = resolution.size_bytes
+        if record.state is ImageState.UNRESOLVED:
+            record.state = ImageState.PENDING
+
+    def _target(self, record: ImageRecord, digest: str) -> PullTarget:
+        return PullTarget(
+            name=record.reference.name,
+            digest=digest,
+            platform=self.settings.platform,
+            credentials=self.resolver.credentials_for(record.reference.domain),
+            size_bytes=record.size_bytes if digest == record.digest else None,
+        )
+
+    async def _ensure(
+        self, record: ImageRecord, pulled: list[str], skipped: list[str], removed: list[str]
+    ) -> None:
+        if record.digest is None or record.state is ImageState.UNRESOLVED:
+            return
+        target = self._target(record, record.digest)
+        try:
+            present = await self.engine.has_image(target)
+        except EngineError as error:
+            self._fail(record, error)
+            return
+        if present:
+            if record.state is not ImageState.PRESENT:
+                self.metrics.image_pulls_total.labels(self.settings.pool, "skipped").inc()
+                skipped.append(target.pinned)
+            record.state = ImageState.PRESENT
+            record.last_error = record.last_error_reason = None
+        else:
+            record.state = ImageState.QUEUED
+            if await self._pull_with_retries(record, target):
+                pulled.append(target.pinned)
+        if record.state is ImageState.PRESENT and self.settings.remove_replaced:
+            removed.extend(await self._remove_replaced(record))
+
+    async def _pull_with_retries(self, record: ImageRecord, target: PullTarget) -> bool:
+        pool = self.settings.pool
+        for attempt in range(self.settings.retries + 1):
+            record.attempts += 1
+            async with self._slots:
+                record.state = ImageState.PULLING
+                record.reset_progress()
+                self._active_pulls += 1
+                self.max_active_pulls = max(self.max_active_pulls, self._active_pulls)
+                counted = [0]
+                started = time.monotonic()
+                try:
+                    outcome = await self.engine.pull(
+                        target, functools.partial(self._progress, record, counted)
+                    )
+                except EngineError as error:
+                    self._fail(record, error)
+                    temporary = error.temporary
+                else:
+                    self._succeed(record, target, outcome, counted, time.monotonic() - started)
+                    return True
+                finally:
+                    self._active_pulls -= 1
+            if not temporary or attempt == self.settings.retries:
+                break
+            delay = min(
+                self.settings.retry_max_seconds, self.settings.retry_base_seconds * 2**attempt
+            )
+            delay *= random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not cryptography
+            record.state = ImageState.RETRYING
+            log.warning(
+                "%s failed temporarily (%s), attempt %d of %d; retrying in %.1fs",
+                target.pinned,
+                record.last_error_reason,
+                attempt + 1,
+                self.settings.retries + 1,
+                delay,
+            )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), delay)
+            if self._stop.is_set():
+                break
+        record.state = ImageState.FAILED
+        self.metrics.image_pulls_total.labels(pool, "failure").inc()
+        log.error("%s not pulled: %s", target.pinned, record.last_error)
+        return False
+
+    def _progress(
+        self, record: ImageRecord, counted: list[int], done: int, total: int | None
+    ) -> None:
+        record.record_progress(done, total, time.monotonic())
+        if record.bytes_done > counted[0]:
+            # Count bytes as they arrive, so the counter moves during a long pull.
+            self.metrics.agent_pull_bytes_total.labels(self.settings.pool).inc(
+                record.bytes_done - counted[0]
+            )
+            counted[0] = record.bytes_done
+
+    def _succeed(
+        self,
+        record: ImageRecord,
+        target: PullTarget,
+        outcome: PullOutcome,
+        counted: list[int],
+        seconds: float,
+    ) -> None:
+        pool = self.settings.pool
+        if outcome.downloaded_bytes > counted[0]:
+            self.metrics.agent_pull_bytes_total.labels(pool).inc(
+                outcome.downloaded_bytes - counted[0]
+            )
+        record.bytes_done = record.last_pull_bytes = outcome.downloaded_bytes
+        record.bytes_total = outcome.downloaded_bytes
+        record.last_pull_exact = outcome.exact
+        record.last_pull_seconds = round(seconds, 3)
+        record.last_pulled_at = time.time()
+        record.rate_bytes_per_second = outcome.downloaded_bytes / seconds if seconds > 0 else 0.0
+        record.state = ImageState.PRESENT
+        record.last_error = record.last_error_reason = None
+        if target.digest not in record.pulled_digests:
+            record.pulled_digests.append(target.digest)
+        self.metrics.image_pulls_total.labels(pool, "success").inc()
+        self.metrics.image_pull_duration_seconds.labels(pool).observe(seconds)
+        log.info("pulled %s: %d bytes in %.1fs", target.pinned, outcome.downloaded_bytes, seconds)
+
+    def _fail(self, record: ImageRecord, error: EngineError) -> None:
+        record.last_error = str(error)
+        record.last_error_reason = error.reason
+        record.state = ImageState.FAILED
+
+    async def _remove_replaced(self, record: ImageRecord) -> list[str]:
+        """Remove digests of ``record`` the agent pulled and no wanted image still uses."""
+        wanted = {(r.reference.name, r.digest) for r in self.records if r.digest}
+        removed: list[str] = []
+        for digest in list(record.pulled_digests):
+            if (record.reference.name, digest) in wanted:
+                continue
+            target = self._target(record, digest)
+            try:
+                gone = await self.engine.remove(target)
+            except EngineError as error:
+                log.warning("could not remove replaced %s: %s", target.pinned, error)
+                continue
+            # Either way the agent stops owning it: kept means someone else uses it too.
+            record.pulled_digests.remove(digest)
+            if gone:
+                removed.append(target.pinned)
+                log.info("removed %s: %s moved on", target.pinned, record.image)
+        return removed
+
+    def _update_gauges(self) -> None:
+        present = sum(1 for r in self.records if r.state is ImageState.PRESENT)
+        self.metrics.agent_images_present.labels(self.settings.pool).set(present)
+        self.metrics.agent_images_wanted.labels(self.settings.pool).set(len(self.records))
+
+    async def _with_view(self, work: Any) -> None:
+        """Await ``work`` while refreshing the progress view a few times a second."""
+        if self.view is None:
+            await work
+            return
+        task = asyncio.ensure_future(work)
+        try:
+            while not task.done():
+                self.view.refresh(self.records)
+                await asyncio.wait({task}, timeout=0.2)
+            self.view.refresh(self.records)
+            await task
+        finally:
+            if not task.done():
+                task.cancel()
+
+    # -- status and metrics endpoint -------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """The ``/status`` document."""
+        present = sum(1 for r in self.records if r.state is ImageState.PRESENT)
+        return {
+            "pool": self.settings.pool,
+            "engine": self.settings.engine.value,
+            "engine_address": self.engine.address,
+            "engine_version": self.engine_version,
+            "platform": self.settings.platform,
+            "max_parallel_pulls": self.settings.max_parallel_pulls,
+            "recheck_interval_seconds": self.settings.recheck_interval_seconds,
+            "rounds": self.rounds,
+            "round_running": self.round_running,
+            "last_round_finished_at": self.last_round_finished_at,
+            "wanted": len(self.records),
+            "present": present,
+            "images": [record.as_json() for record in self.records],
+        }
+
+    def make_app(self) -> web.Application:
+        """The aiohttp app serving ``/metrics``, ``/status`` and ``/healthz``."""
+        app = web.Application()
+        app[STATUS_KEY] = self
+        app.router.add_get("/metrics", make_aiohttp_handler(self.metrics.registry))
+        app.router.add_get("/status", _status_handler)
+        app.router.add_get("/healthz", _healthz_handler)
+        return app
+
+    async def start_server(self) -> None:
+        """Serve the endpoint on ``listen_host:listen_port`` (no-op when the port is None)."""
+        if self.settings.listen_port is None:
+            return
+        listener = socket.create_server((self.settings.listen_host, self.settings.listen_port))
+        self.listen_port = int(listener.getsockname()[1])
+        self._runner = web.AppRunner(self.make_app(), access_log=None)
+        await self._runner.setup()
+        await web.SockSite(self._runner, listener).start()
+        log.info(
+            "serving /metrics and /status on %s:%s", self.settings.listen_host, self.listen_port
+        )
+
+    async def close(self) -> None:
+        """Stop the endpoint and release the engine."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        await self.engine.close()
+
+
+STATUS_KEY = web.AppKey("agent", NodeAgent)
+
+
+async def _status_handler(request: web.Request) -> web.Response:
+    agent = request.app[STATUS_KEY]
+    return web.json_response(agent.status(), dumps=lambda value: json.dumps(value, indent=2))
+
+
+async def _healthz_handler(request: web.Request) -> web.Response:
+    agent = request.app[STATUS_KEY]
+    return web.json_response({"ok": True, "rounds": agent.rounds})
+
+
+# -- terminal display -----------------------------------------------------------------------
+
+
+class ProgressDisplay:
+    """One bar per image with bytes and rate, drawn with ``rich`` while pulls run."""
+
+    def __init__(self, console: Any = None) -> None:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TransferSpeedColumn,
+        )
+
+        self.console = console or Console(stderr=True)
+        self.progress = Progress(
+            TextColumn("{task.description}", justify="left"),
+            BarColumn(bar_width=30),
+            DownloadColumn(binary_units=True),
+            TransferSpeedColumn(),
+            TextColumn("{task.fields[state]}"),
+            console=self.console,
+            auto_refresh=False,
+            transient=False,
+        )
+        self._tasks: dict[str, Any] = {}
+        self._started = False
+
+    def __enter__(self) -> ProgressDisplay:
+        self.progress.start()
+        self._started = True
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+        self._started = False
+
+    def refresh(self, records: Sequence[ImageRecord]) -> None:
+        for record in records:
+            state = record.state.value
+            if record.state is ImageState.FAILED and record.last_error_reason:
+                state = f"failed: {record.last_error_reason}"
+            total, completed = record.bytes_total, record.bytes_done
+            if record.state is ImageState.PRESENT and record.last_pull_bytes is None:
+                state = "already present"
+                total = completed = record.size_bytes or 0
+            task_id = self._tasks.get(record.image)
+            if task_id is None:
+                task_id = self.progress.add_task(
+                    record.reference.familiar, total=total, state=state
+                )
+                self._tasks[record.image] = task_id
+            self.progress.update(task_id, total=total, completed=completed, state=state)
+        if self._started:
+            self.progress.refresh()
+
+
+# -- command line ---------------------------------------------------------------------------
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0-65535)")
+    return value
+
+
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``imagewarden agent`` to the command line."""
+    parser = subparsers.add_parser(
+        "agent",
+        help="keep one pre-pull pool's images on this node, pulled through its engine",
+        description="Resolve a pre-pull pool's images to digests and pull the missing ones "
+        "through this node's container engine (Docker API or CRI), in parallel, with progress; "
+        "re-check on an interval and pull tags that moved. With --once: one round, exit 0 when "
+        "every image is present, 1 when some are not, 2 on usage or config errors.",
+    )
+    parser.add_argument("--pool", required=True, metavar="NAME", help="pool under prepull.pools")
+    parser.add_argument("--config", metavar="FILE", help="the imagewarden YAML config file")
+    parser.add_argument(
+        "--engine",
+        choices=[kind.value for kind in EngineKind],
+        default=EngineKind.DOCKER.value,
+        help="docker: Docker Engine API (dockerd, podman); cri: CRI ImageService (containerd)",
+    )
+    parser.add_argument(
+        "--engine-socket",
+        metavar="ADDRESS",
+        help="engine socket (unix:///path or /path); default: "
+        + ", ".join(f"{kind.value} {address}" for kind, address in _default_sockets()),
+    )
+    parser.add_argument("--parallel", type=_positive_int, default=2, help="pulls at once (2)")
+    parser.add_argument(
+        "--interval",
+        type=_positive_float,
+        metavar="SECONDS",
+        help="seconds between re-checks (default: prepull.resolve_interval_seconds)",
+    )
+    parser.add_argument("--once", action="store_true", help="run one round and exit")
+    parser.add_argument("--retries", type=int, default=3, help="retries of temporary failures")
+    parser.add_argument("--stall-timeout", type=_positive_float, default=120.0, metavar="SECONDS")
+    parser.add_argument("--pull-timeout", type=_positive_float, default=3600.0, metavar="SECONDS")
+    parser.add_argument(
+        "--remove-replaced",
+        action="store_true",
+        help="remove digests this agent pulled once their tag has moved (never anything else)",
+    )
+    parser.add_argument("--listen-host", default="127.0.0.1", metavar="HOST")
+    parser.add_argument(
+        "--listen-port",
+        type=_port,
+        default=9465,
+        metavar="PORT",
+        help="port of /metrics and /status (9465; 0 picks a free port)",
+    )
+    parser.add_argument("--no-listen", action="store_true", help="serve no /metrics or /status")
+    parser.add_argument(
+        "--progress",
+        choices=("auto", "always", "never"),
+        default="auto",
+        help="live progress bars (auto: when stderr is a terminal)",
+    )
+    parser.add_argument(
+        "--status-file",
+        metavar="FILE",
+        help="write the /status document here after every round (JSON)",
+    )
+    parser.set_defaults(handler=_run_command)
+
+
+def _default_sockets() -> Iterator[tuple[EngineKind, str]]:
+    from imagewarden.prepull.engines import DEFAULT_SOCKETS
+
+    yield from DEFAULT_SOCKETS.items()
+
+
+def settings_from_args(args: argparse.Namespace, prepull: Any) -> tuple[AgentSettings, list[str]]:
+    """Agent settings and the pool's images from parsed arguments and the ``prepull`` config."""
+    pools = prepull.pools
+    if args.pool not in pools:
+        known = ", ".join(sorted(pools)) or "none are configured"
+        raise ConfigError("prepull.pools", f"no pool named {args.pool!r}; known pools: {known}")
+    pool = pools[args.pool]
+    if args.retries < 0:
+        raise ConfigError("--retries", f"must not be negative, got {args.retries}")
+    settings = AgentSettings(
+        pool=args.pool,
+        engine=EngineKind(args.engine),
+        engine_address=args.engine_socket,
+        platform=pool.platform or prepull.platform,
+        max_parallel_pulls=args.parallel,
+        recheck_interval_seconds=args.interval or prepull.resolve_interval_seconds,
+        retries=args.retries,
+        stall_timeout_seconds=args.stall_timeout,
+        pull_timeout_seconds=args.pull_timeout,
+        remove_replaced=args.remove_replaced,
+        listen_host=args.listen_host,
+        listen_port=None if args.no_listen else args.listen_port,
+    )
+    return settings, list(pool.images)
+
+
+def _run_command(args: argparse.Namespace) -> int:
+    from imagewarden.config import load_config
+
+    try:
+        config = load_config(args.config)
+        settings, images = settings_from_args(args, config.prepull)
+    except ConfigError as error:
+        print(f"imagewarden agent: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    logging.getLogger("imagewarden.prepull").setLevel(logging.INFO)
+    show = args.progress == "always" or (args.progress == "auto" and sys.stderr.isatty())
+    return asyncio.run(
+        run_agent(
+            config,
+            settings,
+            images,
+            once=args.once,
+            show_progress=show,
+            status_file=Path(args.status_file) if args.status_file else None,
+        )
+    )
+
+
+async def run_agent(
+    config: Any,
+    settings: AgentSettings,
+    images: Sequence[str],
+    *,
+    once: bool = False,
+    show_progress: bool = False,
+    status_file: Path | None = None,
+) -> int:
+    """Run the agent with a real registry client and engine until a signal (or one round)."""
+    from imagewarden.registry import RegistryClient
+
+    metrics = Metrics()
+    engine = open_engine(
+        settings.engine,
+        settings.engine_address,
+        max_parallel_pulls=settings.max_parallel_pulls,
+        stall_timeout_seconds=settings.stall_timeout_seconds,
+        pull_timeout_seconds=settings.pull_timeout_seconds,
+    )
+    async with RegistryClient(config, metrics=metrics) as client:
+        try:
+            agent = NodeAgent(images, settings, resolver=client, engine=engine, metrics=metrics)
+        except ConfigError as error:
+            await engine.close()
+            print(f"imagewarden agent: {error}", file=sys.stderr)
+            return EXIT_USAGE
+        display = ProgressDisplay() if show_progress else None
+        with _logging_through(display), display or contextlib.nullcontext():
+            agent.view = display
+            try:
+                await agent.start_server()
+                return await _drive(agent, once=once, status_file=status_file)
+            except EngineError as error:
+                print(f"imagewarden agent: {error}", file=sys.stderr)
+                return EXIT_INCOMPLETE
+            finally:
+                await agent.close()
+
+
+async def _drive(agent: NodeAgent, *, once: bool, status_file: Path | None) -> int:
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signum, agent.stop)
+    if once:
+        report = await agent.run_round()
+        _write_status(agent, status_file)
+        return EXIT_OK if report.complete else EXIT_INCOMPLETE
+    await agent.run(on_round=lambda: _write_status(agent, status_file))
+    return EXIT_OK
+
+
+def _write_status(agent: NodeAgent, path: Path | None) -> None:
+    if path is None:
+        return
+    scratch = path.with_name(f".{path.name}.{os.getpid()}")
+    scratch.write_text(json.dumps(agent.status(), indent=2))
+    scratch.replace(path)
+
+
+@contextlib.contextmanager
+def _logging_through(display: ProgressDisplay | None) -> Iterator[None]:
+    """Send log records through the display's console so they print above the bars."""
+    if display is None:
+        yield
+        return
+    from rich.logging import RichHandler
+
+    root = logging.getLogger()
+    saved = root.handlers[:]
+    root.handlers = [RichHandler(console=display.console, show_path=False)]
+    try:
+        yield
+    finally:
+        root.handlers = saved
