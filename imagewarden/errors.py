@@ -134,6 +134,13 @@ class ImagePullError(EngineError):
     """The engine could not pull an image: gone upstream, refused credentials, stalled, …"""
 
 
+class CheckServiceError(ImagewardenError):
+    """The hub could not get a usable verdict from the checker service (``imagewarden serve``):
+    unreachable, too slow, token refused, or an answer that is not a verdict. The hub's
+    ``failure_mode`` decides what the spawn does; the message completes "the checker … could
+    not be asked: …"."""
+
+
 class WatchGoneError(ImagewardenError):
     """A Kubernetes watch's resourceVersion is too old (410 Gone): the collection must be listed
     again (``imagewarden.prepull.controller.continuous_watch`` does so)."""

@@ -4,4 +4,5 @@ pytest_plugins: list[str] = [
     "tests.support.registry_fixtures",
     "tests.support.agent_fixtures",
     "tests.support.kube_fixtures",
+    "tests.support.hub",
 ]
