@@ -17,8 +17,9 @@ says otherwise:
 ``REDIRECT``           answer 307 to ``redirect_to`` + the original path and query
 =====================  ==================================================================
 
-A plan applies to requests whose method is in ``methods`` and whose path contains
-``path_contains``, for the next ``count`` of them (``None``: until the plan is cleared).
+A plan applies to requests whose method is in ``methods``, whose path contains
+``path_contains`` (and that carry the header ``with_header``, when set), for the next ``count``
+of them (``None``: until the plan is cleared).
 :meth:`FaultProxy.refuse_connections` closes the listening socket so connects are refused
 (and :meth:`FaultProxy.accept_connections` re-opens the same port).
 
@@ -84,13 +85,17 @@ class FaultPlan:
     """For ``REDIRECT``: an origin such as ``http://127.0.0.1:5001``."""
     methods: frozenset[str] = frozenset({"GET", "HEAD"})
     path_contains: str = "/manifests/"
+    with_header: str = ""
+    """Only requests carrying this header (lower-case name, e.g. ``authorization``)."""
     count: int | None = None
     """How many matching requests the fault hits; None for all until cleared."""
     hits: int = 0
     """How many requests it has hit so far."""
 
-    def matches(self, method: str, path: str) -> bool:
+    def matches(self, method: str, path: str, headers: dict[str, str]) -> bool:
         if method not in self.methods or self.path_contains not in path:
+            return False
+        if self.with_header and self.with_header not in headers:
             return False
         return self.count is None or self.hits < self.count
 
@@ -325,10 +330,10 @@ class FaultProxy:
         with self._lock:
             return [r for r in self.requests if path_contains in r.path]
 
-    def _choose(self, method: str, path: str) -> FaultPlan:
+    def _choose(self, method: str, path: str, headers: dict[str, str]) -> FaultPlan:
         with self._lock:
             plan = self.plan
-            if plan.kind is not FaultKind.PASS and plan.matches(method, path):
+            if plan.kind is not FaultKind.PASS and plan.matches(method, path, headers):
                 plan.hits += 1
                 return replace(plan)
             return FaultPlan(FaultKind.PASS)
@@ -359,13 +364,10 @@ class FaultProxy:
         path = rest.rpartition(" ")[0] or rest
         length = int(head.get("Content-Length") or 0)
         body = await reader.readexactly(length) if length else b""
-        plan = self._choose(method, path)
+        headers = {key.lower(): value for key, value in head.headers}
+        plan = self._choose(method, path, headers)
         with self._lock:
-            self.requests.append(
-                SeenRequest(
-                    method, path, {key.lower(): value for key, value in head.headers}, plan.kind
-                )
-            )
+            self.requests.append(SeenRequest(method, path, headers, plan.kind))
         if plan.kind is FaultKind.RESET_BEFORE:
             _abort_with_reset(writer)
             return
