@@ -567,13 +567,23 @@ class NodeAgent:
         task = asyncio.ensure_future(work)
         try:
             while not task.done():
-                self.view.refresh(self.records)
+                self._refresh_view()
                 await asyncio.wait({task}, timeout=0.2)
-            self.view.refresh(self.records)
+            self._refresh_view()
             await task
         finally:
             if not task.done():
                 task.cancel()
+
+    def _refresh_view(self) -> None:
+        if self.view is None:
+            return
+        try:
+            self.view.refresh(self.records)
+        except Exception:
+            # A broken display must not stop pulls: drop it and say why once.
+            log.exception("progress display failed; continuing without it")
+            self.view = None
 
     # -- status and metrics endpoint -------------------------------------------------------
 
@@ -646,13 +656,13 @@ class ProgressDisplay:
     """One bar per image with bytes and rate, drawn with ``rich`` while pulls run."""
 
     def __init__(self, console: Any = None) -> None:
+        from rich import filesize
         from rich.console import Console
         from rich.progress import (
             BarColumn,
             DownloadColumn,
             Progress,
             TextColumn,
-            TransferSpeedColumn,
         )
 
         self.console = console or Console(stderr=True)
@@ -660,7 +670,7 @@ class ProgressDisplay:
             TextColumn("{task.description}", justify="left"),
             BarColumn(bar_width=30),
             DownloadColumn(binary_units=True),
-            TransferSpeedColumn(),
+            TextColumn("{task.fields[rate]:>12}"),
             TextColumn("{task.fields[state]}"),
             console=self.console,
             auto_refresh=False,
@@ -668,6 +678,7 @@ class ProgressDisplay:
         )
         self._tasks: dict[str, Any] = {}
         self._started = False
+        self._filesize = filesize
 
     def __enter__(self) -> ProgressDisplay:
         self.progress.start()
@@ -687,13 +698,16 @@ class ProgressDisplay:
             if record.state is ImageState.PRESENT and record.last_pull_bytes is None:
                 state = "already present"
                 total = completed = record.size_bytes or 0
+            # The agent's own rate: over the last seconds while pulling, the average after.
+            rate = ""
+            if record.rate_bytes_per_second > 0:
+                rate = f"{self._filesize.decimal(int(record.rate_bytes_per_second))}/s"
             task_id = self._tasks.get(record.image)
             if task_id is None:
-                task_id = self.progress.add_task(
-                    record.reference.familiar, total=total, state=state
-                )
+                name = record.reference.familiar
+                task_id = self.progress.add_task(name, total=total, state=state, rate=rate)
                 self._tasks[record.image] = task_id
-            self.progress.update(task_id, total=total, completed=completed, state=state)
+            self.progress.update(task_id, total=total, completed=completed, state=state, rate=rate)
         if self._started:
             self.progress.refresh()
 
@@ -755,7 +769,9 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="engine socket (unix:///path or /path); default: "
         + ", ".join(f"{kind.value} {address}" for kind, address in _default_sockets()),
     )
-    parser.add_argument("--parallel", type=_positive_int, default=2, help="pulls at once (2)")
+    parser.add_argument(
+        "--parallel", type=_positive_int, default=2, metavar="N", help="pulls at once (2)"
+    )
     parser.add_argument(
         "--interval",
         type=_positive_float,

@@ -213,7 +213,11 @@ def write_agent_config(
         "registries": entries,
         "prepull": {
             "platform": platform,
-            "pools": {name: {"images": list(images)} for name, images in pools.items()},
+            # Pools must select different nodes; the agent itself ignores the selector.
+            "pools": {
+                name: {"nodeSelector": {"imagewarden.test/pool": name}, "images": list(images)}
+                for name, images in pools.items()
+            },
         },
     }
     path.write_text(yaml.safe_dump(document, sort_keys=False))
