@@ -37,7 +37,7 @@ from imagewarden.errors import (
     UnsupportedManifestError,
 )
 from imagewarden.metrics import Metrics
-from imagewarden.reference import Reference, parse
+from imagewarden.reference import Reference, canonicalize, parse
 from imagewarden.registry import client as registry_client
 from imagewarden.registry.client import Resolution
 
@@ -186,12 +186,12 @@ class Checker:
         if len(image) > MAX_IMAGE_CHARS:
             return replace(
                 base,
-                reason=f"The image name is {len(image)} characters long; image references are "
-                "at most 255 characters, so please paste only the image name.",
+                reason=f"The image name is {len(image)} characters long, far more than any image "
+                "reference; please paste only the image name, such as quay.io/org/name:tag.",
                 code="invalid_reference",
             )
         try:
-            ref = parse(image.strip())
+            ref = canonicalize(parse(image.strip()))
         except InvalidReference as error:
             return replace(base, reason=str(error), code="invalid_reference")
         decision = self.settings.policy.decide(ref, profile=profile)

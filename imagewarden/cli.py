@@ -23,11 +23,6 @@ from imagewarden.errors import ConfigError
 EXIT_ALLOWED = 0
 EXIT_REFUSED = 1
 EXIT_USAGE = 2
-_SUBCOMMAND_MODULES = (
-    "imagewarden.service",
-    "imagewarden.prepull.cli",
-    "imagewarden.prepull.agent",
-)
 
 _DESCRIPTION = """\
 imagewarden checks the container images users type into JupyterHub's spawn form (the "Other"
@@ -101,7 +96,12 @@ def _add_check_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPa
     parser.add_argument(
         "--profile", metavar="NAME", help="KubeSpawner profile slug whose policy and platform apply"
     )
-    parser.add_argument("--output", choices=("text", "json"), default="text")
+    parser.add_argument(
+        "--output",
+        choices=("text", "json"),
+        default="text",
+        help="text for people (default), json with the keys of the service's answer",
+    )
     parser.add_argument(
         "--offline",
         action="store_true",
@@ -126,14 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _plugin_parsers() -> list[Callable[[Any], None]]:
-    """Sub-commands that live beside their subsystem (service, pre-pull, agent)."""
-    import importlib
+    """Sub-commands that live beside their subsystem; they import heavy modules lazily."""
+    from imagewarden import service
+    from imagewarden.prepull import agent
+    from imagewarden.prepull import cli as prepull_cli
 
-    return [
-        importlib.import_module(module).add_parser
-        for module in _SUBCOMMAND_MODULES
-        if importlib.util.find_spec(module) is not None
-    ]
+    return [service.add_parser, prepull_cli.add_parser, agent.add_parser]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -24,7 +24,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from imagewarden.errors import PolicyPatternError
-from imagewarden.reference import Reference
+from imagewarden.reference import Reference, canonical_host, canonicalize
 
 _HOST_PATTERN = re.compile(
     r"(?:[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*|\[[0-9a-f:.]+\])"
@@ -34,7 +34,6 @@ _PATH_GLOB_PATTERN = re.compile(r"[a-z0-9._*-]+(?:/[a-z0-9._*-]+)*")
 _TAG_GLOB_PATTERN = re.compile(r"[A-Za-z0-9_.*-]{1,128}")
 _MAX_PATTERN_LENGTH = 512
 _IMPLIED_TAG = "latest"
-_DOCKER_HUB_ALIASES = frozenset({"index.docker.io", "registry-1.docker.io"})
 _ALLOWED_LIST_SHOWN = 5
 
 
@@ -92,19 +91,11 @@ class _Glob:
 
 
 def _policy_name(ref: Reference) -> tuple[str, str]:
-    """Host and path as rules see them, normalized as :func:`compile_rule` normalizes rules.
-
-    The grammar keeps ``Docker.IO/ubuntu`` and ``registry-1.docker.io/library/ubuntu`` apart
-    from ``docker.io/library/ubuntu`` (as distribution does), but they name the same repository,
-    so they must meet the same rules.
-    """
-    host = ref.domain.lower()
-    if host in _DOCKER_HUB_ALIASES:
-        host = "docker.io"
-    path = ref.path
-    if host == "docker.io" and "/" not in path:
-        path = f"library/{path}"
-    return host, path
+    """Host and path as rules see them: the canonical spelling (:func:`canonicalize`), so
+    ``Docker.IO/ubuntu`` and ``registry-1.docker.io/library/ubuntu`` meet the same rules as
+    ``docker.io/library/ubuntu``."""
+    canonical = canonicalize(ref)
+    return canonical.domain, canonical.path
 
 
 @dataclass(frozen=True)
@@ -175,8 +166,7 @@ def compile_rule(pattern: str) -> Rule:
                 "(letters, digits, '_', '.', '-') and *"
             )
         tag_matcher = _Glob.compile(tag_glob, stop="")
-    if host in _DOCKER_HUB_ALIASES:
-        host = "docker.io"
+    host = canonical_host(host)
     if host == "docker.io" and "/" not in path_glob and "**" not in path_glob:
         # Same normalization as references: docker.io/ubuntu is docker.io/library/ubuntu.
         path_glob = f"library/{path_glob}"

@@ -402,3 +402,26 @@ async def test_missing_tags_are_cached_for_the_shorter_ttl(
         clock.now += 11
         await checker.check(f"quay.io/{repo}:nope")
         assert token_registry.manifest_requests(repo, "nope", since=since) == 2
+
+
+@pytest.mark.parametrize(
+    "typed",
+    [
+        pytest.param("ubuntu:22.04", id="short"),
+        pytest.param("Docker.IO/ubuntu:22.04", id="upper-case-host"),
+        pytest.param("index.docker.io/library/ubuntu:22.04", id="legacy-index-host"),
+        pytest.param("registry-1.docker.io/ubuntu:22.04", id="registry-1-host"),
+        pytest.param("  docker.io/library/ubuntu:22.04\n", id="surrounding-whitespace"),
+    ],
+)
+async def test_every_spelling_is_pinned_to_the_canonical_name(
+    token_registry: RunningRegistry, seeded_images: SeededImages, typed: str
+) -> None:
+    settings = settings_for(token_registry)
+    async with RegistryClient(settings) as client:
+        verdict = await Checker(settings, client).check(typed)
+    digest = seeded_images["library/ubuntu:22.04"]
+    assert verdict.allowed, verdict.reason
+    assert verdict.image == typed
+    assert verdict.reference == "docker.io/library/ubuntu:22.04"
+    assert verdict.pinned == f"docker.io/library/ubuntu@{digest}"

@@ -11,9 +11,12 @@ defaults and the ``Reference`` type).
 from imagewarden.errors import InvalidReference
 from imagewarden.reference.normalize import (
     DEFAULT_DOMAIN,
+    DOCKER_HUB_ALIASES,
     LEGACY_DEFAULT_DOMAIN,
     OFFICIAL_REPO_PREFIX,
     Reference,
+    canonical_host,
+    canonicalize,
     parse,
     parse_canonical,
 )
@@ -29,6 +32,7 @@ from imagewarden.reference.parse import (
 __all__ = [
     "DEFAULT_DOMAIN",
     "DIGEST_HEX_LENGTHS",
+    "DOCKER_HUB_ALIASES",
     "LEGACY_DEFAULT_DOMAIN",
     "MAX_NAME_LENGTH",
     "MAX_REFERENCE_LENGTH",
@@ -37,6 +41,8 @@ __all__ = [
     "InvalidReference",
     "Reference",
     "ReferenceParts",
+    "canonical_host",
+    "canonicalize",
     "parse",
     "parse_canonical",
     "parse_parts",

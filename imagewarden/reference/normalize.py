@@ -12,7 +12,7 @@ client resolves.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 from imagewarden.errors import InvalidReference
@@ -223,3 +223,30 @@ def parse_canonical(text: str) -> Reference:
             f"it is not in canonical form (registry and full path); write it as {show(canonical)}",
         )
     return reference
+
+
+DOCKER_HUB_ALIASES = frozenset({LEGACY_DEFAULT_DOMAIN, "registry-1.docker.io"})
+"""Other host names of Docker Hub that people paste."""
+
+
+def canonical_host(host: str) -> str:
+    """``host`` as policy, ``registries:`` keys and the registry client see it: lower-case (DNS
+    is case-insensitive) and Docker Hub's other names as ``docker.io``."""
+    host = host.lower()
+    return DEFAULT_DOMAIN if host in DOCKER_HUB_ALIASES else host
+
+
+def canonicalize(ref: Reference) -> Reference:
+    """The one spelling of ``ref``'s repository: canonical host, ``library/`` for Hub images.
+
+    :func:`parse` keeps ``Docker.IO/ubuntu`` apart from ``docker.io/library/ubuntu``, as
+    distribution does, yet both name the same repository; the checker decides on, and pins,
+    this form so the pod pulls exactly what was judged.
+    """
+    host = canonical_host(ref.domain)
+    if host == ref.domain:
+        return ref
+    path = ref.path
+    if host == DEFAULT_DOMAIN and "/" not in path:
+        path = OFFICIAL_REPO_PREFIX + path
+    return replace(ref, domain=host, path=path)

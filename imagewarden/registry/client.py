@@ -52,7 +52,7 @@ from imagewarden.errors import (
     UnsupportedManifestError,
 )
 from imagewarden.metrics import Metrics
-from imagewarden.reference import Reference
+from imagewarden.reference import Reference, canonical_host
 from imagewarden.registry import manifest as mf
 from imagewarden.registry.auth import (
     Challenge,
@@ -63,7 +63,7 @@ from imagewarden.registry.auth import (
     parse_challenges,
     parse_token_response,
 )
-from imagewarden.registry.hosts import canonical_host, endpoint_for, same_origin
+from imagewarden.registry.hosts import endpoint_for, same_origin
 
 log = logging.getLogger(__name__)
 

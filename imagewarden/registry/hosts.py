@@ -12,17 +12,10 @@ from collections.abc import Mapping
 from yarl import URL
 
 from imagewarden.config import RegistrySettings
+from imagewarden.reference import canonical_host
 
 DOCKER_HUB = "docker.io"
 DOCKER_HUB_ENDPOINT = URL("https://registry-1.docker.io")
-DOCKER_HUB_ALIASES = frozenset({"index.docker.io", "registry-1.docker.io"})
-"""Other spellings of Docker Hub; policy treats them as ``docker.io``, so endpoints must too."""
-
-
-def canonical_host(host: str) -> str:
-    """``host`` as policy and ``registries:`` keys see it: lower-case, Hub aliases → docker.io."""
-    host = host.lower()
-    return DOCKER_HUB if host in DOCKER_HUB_ALIASES else host
 
 
 def endpoint_for(host: str, registries: Mapping[str, RegistrySettings]) -> URL:
