@@ -91,7 +91,7 @@ def test_z2jh_image_puller_shape(pool_name: str) -> None:
     }
     assert pod["terminationGracePeriodSeconds"] == 0
     assert pod["automountServiceAccountToken"] is False
-    assert pod["nodeSelector"] == dict(pool.node_selector)
+    assert pod.get("nodeSelector", {}) == dict(pool.node_selector)
     assert pod.get("tolerations", []) == [dict(t) for t in pool.tolerations]
     assert pod.get("affinity") == (dict(pool.affinity) if pool.affinity else None)
     assert pod["imagePullSecrets"] == [{"name": "regcred"}]

@@ -244,12 +244,23 @@ async def _run_controller(args: argparse.Namespace, settings: Settings) -> None:
             await site.start()
             for address in runner.addresses:
                 print(f"imagewarden prepull: serving on {address}", file=sys.stderr, flush=True)
-            try:
-                await asyncio.gather(
-                    controller.run(),
+            tasks = [
+                asyncio.create_task(controller.run(), name="controller"),
+                asyncio.create_task(
                     _follow_config(controller, args.config, args.config_poll_seconds),
-                )
+                    name="follow-config",
+                ),
+            ]
+            try:
+                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+                for task in done:
+                    task.result()  # a crash of either ends the command with its error
             finally:
+                # Stop the controller completely (it hands its Lease back) before the API
+                # client and the HTTP app go away.
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
                 await runner.cleanup()
     finally:
         await api.close()

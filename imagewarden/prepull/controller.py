@@ -539,7 +539,7 @@ class LeaderElector:
         if not self.is_leader:
             return
         self._set_leader(False)
-        with contextlib.suppress(ApiException, aiohttp.ClientError, OSError, TimeoutError):
+        try:
             lease = await self._get()
             if lease and (lease.get("spec") or {}).get("holderIdentity") == self.settings.identity:
                 lease["spec"]["holderIdentity"] = ""
@@ -551,6 +551,10 @@ class LeaderElector:
                     lease,
                     timeout_seconds=5,
                 )
+        except (ApiException, aiohttp.ClientError, OSError, TimeoutError) as error:
+            log.warning(
+                "could not hand the lease back (%s); it expires on its own", _describe(error)
+            )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -200,8 +200,9 @@ def render_daemonset(
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
         "terminationGracePeriodSeconds": 0,
-        "nodeSelector": dict(pool.node_selector),
     }
+    if pool.node_selector:  # the API drops an empty one; keep what we send equal to what it keeps
+        pod_spec["nodeSelector"] = dict(pool.node_selector)
     if pool.affinity:
         pod_spec["affinity"] = json.loads(json.dumps(pool.affinity))
     if pool.tolerations:
