@@ -25,6 +25,8 @@ from tests.support.images import ImageFactory, OciImage
 from tests.support.kube import NODE_LEASE_NAMESPACE, KubeCluster
 from tests.support.kubelet import (
     GPU_TAINT_KEY,
+    NodeSpec,
+    SimulatedKubelet,
     SimulatedNodes,
     go_duration,
 )
@@ -425,3 +427,55 @@ async def test_nodes_and_pods_survive_an_api_server_restart(
         return bool(lease.spec.renew_time > before.renew_time)
 
     await wait_for(renewed, "the node lease to be renewed after the restart", timeout_seconds=20)
+
+
+async def test_a_node_that_joins_later_pulls_cold_and_removal_deletes_it(
+    kube_admin: ApiClient,
+    kube_nodes: SimulatedNodes,
+    extra_node: Callable[[NodeSpec], Awaitable[SimulatedKubelet]],
+    namespace: str,
+    open_registry: RunningRegistry,
+    image_factory: ImageFactory,
+) -> None:
+    repo = f"smoke/{namespace}"
+    digest = await open_registry.push_async(
+        image_factory.single(salt=namespace, layer_sizes=(80_000,)), repo, "v1"
+    )
+    kube_nodes.add_registry(open_registry.host, open_registry.url)
+    image = open_registry.reference(repo, digest)
+    cpu_pool = {"imagewarden.test/pool": "cpu"}
+    await client.AppsV1Api(kube_admin).create_namespaced_daemon_set(
+        namespace, daemonset("cpu-prepull", [image], nodeSelector=cpu_pool)
+    )
+    await ready_daemonset(kube_admin, namespace, "cpu-prepull", expected=2)
+
+    def blob_fetches() -> int:
+        return sum(
+            1
+            for request in open_registry.request_log()
+            if request.method == "GET" and request.path.startswith(f"/v2/{repo}/blobs/")
+        )
+
+    fetched_by_two_nodes = blob_fetches()
+    await extra_node(NodeSpec("late-cpu", labels=cpu_pool))
+    await ready_daemonset(kube_admin, namespace, "cpu-prepull", expected=3)
+    core = client.CoreV1Api(kube_admin)
+    assert image_entry(await core.read_node("late-cpu"), image) is not None
+    assert blob_fetches() == fetched_by_two_nodes * 3 // 2, "the new node pulled every blob itself"
+
+    await kube_nodes.remove_node("late-cpu")
+    with pytest.raises(ApiException) as gone:
+        await core.read_node("late-cpu")
+    assert gone.value.status == 404
+    # Its pod stays until the pod garbage collector's orphan sweep (40 s quarantine in 1.20),
+    # as on a real cluster; the Lease goes with its owner at once.
+    coordination = client.CoordinationV1Api(kube_admin)
+
+    async def lease_collected() -> bool:
+        try:
+            await coordination.read_namespaced_lease("late-cpu", NODE_LEASE_NAMESPACE)
+        except ApiException as error:
+            return error.status == 404
+        return False
+
+    await wait_for(lease_collected, "the garbage collector to delete the node's Lease")

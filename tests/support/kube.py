@@ -80,6 +80,7 @@ USER_GROUP = "imagewarden:test-users"
 
 READY_TIMEOUT_SECONDS = 60.0
 STOP_TIMEOUT_SECONDS = 10.0
+APISERVER_STOP_GRACE_SECONDS = 2.0
 POLL_INTERVAL_SECONDS = 0.1
 
 Rule = Mapping[str, Any]
@@ -111,13 +112,15 @@ def _stop_leftovers() -> None:
         _terminate(process)
 
 
-def _terminate(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM one process by PID, SIGKILL after a grace period; always reaps it."""
+def _terminate(
+    process: subprocess.Popen[bytes], grace_seconds: float = STOP_TIMEOUT_SECONDS
+) -> None:
+    """SIGTERM one process by PID, SIGKILL after ``grace_seconds``; always reaps it."""
     if process.poll() is None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(process.pid, signal.SIGTERM)
         try:
-            process.wait(STOP_TIMEOUT_SECONDS)
+            process.wait(grace_seconds)
         except subprocess.TimeoutExpired:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(process.pid, signal.SIGKILL)
@@ -167,10 +170,10 @@ class ManagedProcess:
             )
         _live_processes[self.process.pid] = self.process
 
-    def stop(self) -> None:
-        """Terminate (then kill) the process by PID; a no-op when it is not running."""
+    def stop(self, grace_seconds: float = STOP_TIMEOUT_SECONDS) -> None:
+        """SIGTERM the process by PID, SIGKILL after ``grace_seconds``; no-op when not running."""
         if self.process is not None:
-            _terminate(self.process)
+            _terminate(self.process, grace_seconds)
             self.process = None
 
     def check_alive(self) -> None:
@@ -426,9 +429,14 @@ class KubeCluster:
             if process is not None:
                 process.stop()
 
-    def stop_apiserver(self) -> None:
-        """Stop only the API server (clients see connection errors until it is back)."""
-        self.processes["kube-apiserver"].stop()
+    def stop_apiserver(self, grace_seconds: float = APISERVER_STOP_GRACE_SECONDS) -> None:
+        """Stop only the API server (clients see connection errors until it is back).
+
+        It stops listening at once on SIGTERM but then waits for open watches to drain (up to a
+        minute); after ``grace_seconds`` it is killed, which cuts every watch as a crash or a
+        rollout's shutdown timeout does.
+        """
+        self.processes["kube-apiserver"].stop(grace_seconds)
 
     def start_apiserver(self, timeout_seconds: float = READY_TIMEOUT_SECONDS) -> None:
         """(Re)start the API server on the same port and wait for ``/readyz``."""

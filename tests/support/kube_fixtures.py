@@ -54,10 +54,13 @@ def kube_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeClust
     known_dir = os.environ.get("IMAGEWARDEN_KUBE_DIR")
     base_dir = Path(known_dir) if known_dir else tmp_path_factory.mktemp("kube")
     cluster = KubeCluster(base_dir.resolve())
+    missing = ""
     try:
         cluster.start()
     except KubeBinariesMissingError as error:
-        pytest.fail(str(error), pytrace=False)
+        missing = str(error)
+    if missing:
+        pytest.fail(missing, pytrace=False)
     try:
         yield cluster
     finally:

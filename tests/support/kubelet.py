@@ -24,7 +24,7 @@ directory), so nodes have independent image stores as real nodes do: a node adde
 cold, and its pulls reach the registry. Nodes whose architecture is the machine's use the CRI
 ImageService (exactly the kubelet's calls and image view); other architectures (arm64) use
 ``ctr images pull --platform`` and a view built from containerd's image records the way the
-CRI builds it (see :class:`CtrImageRuntime`).
+CRI builds it (see :class:`tests.support.containerd.CtrImageRuntime`).
 
 :class:`SimulatedNodes` owns a set of kubelets and their containerds; the default layout
 (:data:`DEFAULT_NODES`) has two CPU nodes, a tainted GPU node and an arm64 node.
@@ -44,20 +44,19 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import aiohttp
-import grpc
-import grpc.aio
 from kubernetes_asyncio import client, watch
 from kubernetes_asyncio.client import ApiClient
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from tests.support.containerd import (
-    CRI_NAMESPACE,
     Containerd,
-    CriImage,
-    CriImageClient,
+    CriImageRuntime,
+    CtrImageRuntime,
+    ImagePullError,
+    ImageRuntime,
     image_domain,
     start_containerd,
     wait_for_cri,
@@ -162,210 +161,6 @@ class PullRecord:
     """Image size the runtime reports (0 on failure)."""
     error: str = ""
     """Runtime error message on failure."""
-
-
-class ImagePullError(Exception):
-    """The runtime could not pull an image; the message is what the kubelet would report."""
-
-
-class ImageRuntime(Protocol):
-    """The image half of a container runtime, as a kubelet uses it."""
-
-    async def pull(self, image: str, credentials: tuple[str, str] | None) -> str:
-        """Pull ``image``; returns the image ID. Raises :class:`ImagePullError`."""
-        ...
-
-    async def status(self, image: str) -> CriImage | None:
-        """The image known under ``image``, None when absent."""
-        ...
-
-    async def list(self) -> list[CriImage]:
-        """Every image held."""
-        ...
-
-    async def close(self) -> None:
-        """Release connections."""
-        ...
-
-
-def _grpc_error_text(error: grpc.aio.AioRpcError) -> str:
-    """Format like Go's status errors: ``rpc error: code = NotFound desc = …``."""
-    code_name = "".join(part.capitalize() for part in error.code().name.split("_"))
-    return f"rpc error: code = {code_name} desc = {error.details()}"
-
-
-class CriImageRuntime:
-    """Images through the CRI ImageService: exactly what a kubelet on this machine does."""
-
-    def __init__(self, engine: Containerd) -> None:
-        self._client: CriImageClient = engine.image_client()
-
-    async def pull(self, image: str, credentials: tuple[str, str] | None) -> str:
-        try:
-            return await self._client.pull(image, credentials=credentials)
-        except grpc.aio.AioRpcError as error:
-            raise ImagePullError(_grpc_error_text(error)) from error
-
-    async def status(self, image: str) -> CriImage | None:
-        return await self._client.status(image)
-
-    async def list(self) -> list[CriImage]:
-        return await self._client.list()
-
-    async def close(self) -> None:
-        await self._client.close()
-
-
-class CtrImageRuntime:
-    """Images for a foreign architecture through ``ctr images pull --platform``.
-
-    The CRI plugin only pulls the host's platform, so an arm64 node on an amd64 machine pulls
-    with ctr and builds the CRI's view itself: a pulled tag also gets a ``name@digest`` ref (as
-    the CRI records it), images are grouped by config digest, and the size is the sum of the
-    index, platform manifest, config and layer descriptors (what containerd's ``Image.Size``
-    reports through the CRI).
-    """
-
-    def __init__(self, engine: Containerd, architecture: str) -> None:
-        self._engine = engine
-        self._platform = f"linux/{architecture}"
-        self._architecture = architecture
-        self._blob_cache: dict[str, bytes] = {}
-
-    async def _ctr(self, *args: str) -> str:
-        process = await asyncio.create_subprocess_exec(
-            "ctr",
-            "-a",
-            str(self._engine.socket_path),
-            "-n",
-            CRI_NAMESPACE,
-            *args,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        stdout, stderr = await process.communicate()
-        if process.returncode != 0:
-            message = stderr.decode(errors="replace").strip().splitlines()
-            raise ImagePullError(message[-1].removeprefix("ctr: ") if message else "ctr failed")
-        return stdout.decode(errors="replace")
-
-    async def _records(self) -> dict[str, str]:
-        """ref -> target digest of every image record."""
-        records = {}
-        for line in (await self._ctr("images", "ls")).splitlines()[1:]:
-            columns = line.split()
-            if len(columns) >= 3:
-                records[columns[0]] = columns[2]
-        return records
-
-    async def _blob(self, digest: str) -> bytes:
-        if digest not in self._blob_cache:
-            process = await asyncio.create_subprocess_exec(
-                "ctr",
-                "-a",
-                str(self._engine.socket_path),
-                "-n",
-                CRI_NAMESPACE,
-                "content",
-                "get",
-                digest,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-            )
-            stdout, stderr = await process.communicate()
-            if process.returncode != 0:
-                raise ImagePullError(stderr.decode(errors="replace").strip())
-            self._blob_cache[digest] = stdout
-        return self._blob_cache[digest]
-
-    async def _describe(self, target: str) -> tuple[str, int]:
-        """(config digest, size) of the image whose top-level manifest is ``target``."""
-        document = json.loads(await self._blob(target))
-        size = len(await self._blob(target))
-        if "manifests" in document:
-            chosen = next(
-                (
-                    entry
-                    for entry in document["manifests"]
-                    if entry.get("platform", {}).get("architecture") == self._architecture
-                    and entry.get("platform", {}).get("os", "linux") == "linux"
-                ),
-                None,
-            )
-            if chosen is None:
-                raise ImagePullError(f"no match for platform {self._platform} in {target}")
-            size += int(chosen["size"])
-            document = json.loads(await self._blob(chosen["digest"]))
-        config = document["config"]
-        size += int(config["size"]) + sum(int(layer["size"]) for layer in document["layers"])
-        return str(config["digest"]), size
-
-    async def pull(self, image: str, credentials: tuple[str, str] | None) -> str:
-        args = ["images", "pull", "--hosts-dir", str(self._engine.hosts_dir)]
-        args += ["--platform", self._platform]
-        if credentials is not None:
-            args += ["--user", f"{credentials[0]}:{credentials[1]}"]
-        try:
-            await self._ctr(*args, image)
-        except ImagePullError as error:
-            # The CRI answers NotFound for a missing reference and Unknown for the rest.
-            code = "NotFound" if str(error).endswith(": not found") else "Unknown"
-            raise ImagePullError(
-                f'rpc error: code = {code} desc = failed to pull and unpack image "{image}": '
-                f"{error}"
-            ) from error
-        target = (await self._records())[_fully_qualified(image)]
-        if "@" not in image:
-            name = _fully_qualified(image).rsplit(":", 1)[0]
-            with contextlib.suppress(ImagePullError):  # already tagged by an earlier pull
-                await self._ctr("images", "tag", _fully_qualified(image), f"{name}@{target}")
-        config_digest, _ = await self._describe(target)
-        return config_digest
-
-    async def list(self) -> list[CriImage]:
-        grouped: dict[str, tuple[list[str], list[str], int]] = {}
-        for ref, target in (await self._records()).items():
-            try:
-                config_digest, size = await self._describe(target)
-            except (ImagePullError, KeyError, json.JSONDecodeError):
-                continue
-            tags, digests, _ = grouped.setdefault(config_digest, ([], [], size))
-            if ref.startswith("sha256:"):
-                continue
-            (digests if "@" in ref else tags).append(ref)
-        return [
-            CriImage(
-                id=image_id,
-                repo_tags=tuple(sorted(tags)),
-                repo_digests=tuple(sorted(digests)),
-                size_bytes=size,
-            )
-            for image_id, (tags, digests, size) in grouped.items()
-        ]
-
-    async def status(self, image: str) -> CriImage | None:
-        wanted = _fully_qualified(image) if not image.startswith("sha256:") else image
-        for candidate in await self.list():
-            if wanted == candidate.id or wanted in candidate.names:
-                return candidate
-        return None
-
-    async def close(self) -> None:
-        self._blob_cache.clear()
-
-
-def _fully_qualified(image: str) -> str:
-    """``ubuntu`` -> ``docker.io/library/ubuntu:latest``, as containerd names image records."""
-    domain = image_domain(image)
-    remainder = image if image.split("/", 1)[0] != domain else image.split("/", 1)[1]
-    if image.startswith("index.docker.io/"):
-        remainder = image.split("/", 1)[1]
-    if domain == "docker.io" and "/" not in remainder.split("@")[0].split(":")[0]:
-        remainder = f"library/{remainder}"
-    last = remainder.rsplit("/", 1)[-1]
-    if "@" not in remainder and ":" not in last:
-        remainder += ":latest"
-    return f"{domain}/{remainder}"
 
 
 # --- small helpers --------------------------------------------------------------------------
