@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.agent_fixtures import registry_entry, write_agent_config
+from tests.support.agent_fixtures import registry_entry, registry_proxy, write_agent_config
 from tests.support.images import ImageFactory, OciImage
 from tests.support.podman import PodmanService
 from tests.support.registry import RunningRegistry, free_port
@@ -287,3 +287,41 @@ def test_terminal_shows_one_bar_per_image_with_bytes_and_rate(
     assert "\x1b[" in text  # drawn with terminal control sequences, i.e. live
     assert "kB/s" in text or "MB/s" in text or "B/s" in text
     assert "KiB" in text  # DownloadColumn with binary units: bytes done / total
+
+
+@pytest.mark.parametrize("engine", ["docker", "cri"])
+def test_sigterm_during_a_stalled_pull_stops_the_agent_promptly(
+    request: pytest.FixtureRequest,
+    engine: str,
+    open_registry: RunningRegistry,
+    image_factory: ImageFactory,
+    tmp_path: Path,
+    stopped_processes: list[subprocess.Popen[bytes]],
+) -> None:
+    images = _push_pool(open_registry, image_factory, f"sigterm-{engine}", 1)
+    with registry_proxy(open_registry) as proxy:
+        if engine == "docker":
+            address = request.getfixturevalue("podman_service").base_url
+        else:
+            node = request.getfixturevalue("containerd_node")
+            node.add_registry(proxy.host, proxy.url)
+            address = node.address
+        repo = next(iter(images)).split("/", 1)[1].rsplit(":", 1)[0]
+        proxy.stalled_repos = {repo}
+        config = write_agent_config(
+            tmp_path / "config.yaml",
+            pools={"cpu": [f"{proxy.host}/{repo}:1"]},
+            registries={proxy.host: (proxy.url, None)},
+        )
+        process = subprocess.Popen(
+            [*AGENT, "--pool", "cpu", "--config", str(config), "--engine", engine,
+             "--engine-socket", address, "--no-listen", "--progress", "never"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        stopped_processes.append(process)
+        assert proxy.wait_for_stall(60), "the pull never reached the registry"
+        started = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(15) == 0
+        assert time.monotonic() - started < 10

@@ -482,3 +482,35 @@ async def test_missing_engine_socket_is_reported_not_hung(
         with pytest.raises(EngineUnavailableError) as caught:
             await asyncio.wait_for(agent.run_round(), 60)
         assert "no-such.sock" in str(caught.value)
+
+
+async def test_two_tags_of_one_image_are_pulled_once(
+    request: pytest.FixtureRequest,
+    node_engine: NodeEngine,
+    open_registry: RunningRegistry,
+    image_factory: ImageFactory,
+    tmp_path: Path,
+) -> None:
+    repo = f"agent-{node_engine.id}/two-tags"
+    image = image_factory.build(layer_sizes=LAYER_SIZES, salt=_salt(request, node_engine, "two"))
+    digest = open_registry.push(image, repo, "2023.09.12")
+    assert open_registry.push(image, repo, "latest") == digest
+    config = write_agent_config(
+        tmp_path / "config.yaml",
+        pools={
+            "cpu": [
+                open_registry.reference(repo, "latest"),
+                open_registry.reference(repo, "2023.09.12"),
+            ]
+        },
+        registries=dict([registry_entry(open_registry)]),
+    )
+    async with open_agent(config, "cpu", node_engine.kind, node_engine.address) as agent:
+        report = await agent.run_round()
+        pinned = f"{open_registry.host}/{repo}@{digest}"
+        assert (report.pulled, report.skipped) == ((pinned,), (pinned,))
+        assert (
+            _sample(agent, "agent_pull_bytes_total", pool="cpu")
+            == image.manifest_for("linux/amd64").size_bytes
+        )
+        assert _sample(agent, "agent_images_present", pool="cpu") == 2

@@ -301,7 +301,6 @@ def test_command_help(capsys: pytest.CaptureFixture[str], tmp_path: Path, comman
 OPTIONS_WITHOUT_HELP = {
     # command -> reported to the lead; remove the row when its options have help text
     "prepull status": "--output and --timeout-seconds have no help text",
-    "agent": "--stall-timeout, --pull-timeout and --listen-host have no help text",
 }
 
 

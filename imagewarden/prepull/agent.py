@@ -189,7 +189,7 @@ class ImageRecord:
     rate_bytes_per_second: float = 0.0
     """Download rate of the running pull over the last few seconds."""
     attempts: int = 0
-    """Attempts made for the current digest."""
+    """Pull attempts in the latest round that had to pull this image."""
     last_pull_seconds: float | None = None
     """Duration of the last successful pull."""
     last_pull_bytes: int | None = None
@@ -316,6 +316,8 @@ class NodeAgent:
         self.listen_port: int | None = None
         self._slots = asyncio.Semaphore(settings.max_parallel_pulls)
         self._stop = asyncio.Event()
+        self._round_task: asyncio.Future[RoundReport] | None = None
+        self._pull_locks: dict[str, asyncio.Lock] = {}
         self._runner: web.AppRunner | None = None
         self._active_pulls = 0
         self.max_active_pulls = 0
@@ -367,6 +369,20 @@ class NodeAgent:
         )
         return report
 
+    async def run_once(self) -> RoundReport | None:
+        """One round that :meth:`stop` can interrupt; ``None`` when it was stopped."""
+        if self._stop.is_set():
+            return None
+        self._round_task = asyncio.ensure_future(self.run_round())
+        try:
+            return await self._round_task
+        except asyncio.CancelledError:
+            if self._stop.is_set():
+                return None
+            raise
+        finally:
+            self._round_task = None
+
     async def run(self, *, on_round: Callable[[], None] | None = None) -> None:
         """Run rounds every ``recheck_interval_seconds`` until :meth:`stop`.
 
@@ -375,7 +391,7 @@ class NodeAgent:
         """
         while not self._stop.is_set():
             try:
-                await self.run_round()
+                await self.run_once()
             except EngineError as error:
                 log.warning("round %d could not use the engine: %s", self.rounds, error)
             if on_round is not None:
@@ -384,8 +400,10 @@ class NodeAgent:
                 await asyncio.wait_for(self._stop.wait(), self.settings.recheck_interval_seconds)
 
     def stop(self) -> None:
-        """Make :meth:`run` return after the current round."""
+        """Stop: a running round is cancelled (engines abort their pulls) and run() returns."""
         self._stop.set()
+        if self._round_task is not None:
+            self._round_task.cancel()
 
     async def _resolve(self, record: ImageRecord) -> None:
         try:
@@ -426,6 +444,20 @@ class NodeAgent:
         if record.digest is None or record.state is ImageState.UNRESOLVED:
             return
         target = self._target(record, record.digest)
+        # Two tags of one image (``:latest`` and ``:2023.09.12``) resolve to one pinned
+        # reference: the second waits for the first and then finds it present.
+        lock = self._pull_locks.setdefault(target.pinned, asyncio.Lock())
+        async with lock:
+            await self._ensure_locked(record, target, pulled, skipped, removed)
+
+    async def _ensure_locked(
+        self,
+        record: ImageRecord,
+        target: PullTarget,
+        pulled: list[str],
+        skipped: list[str],
+        removed: list[str],
+    ) -> None:
         try:
             present = await self.engine.has_image(target)
         except EngineError as error:
@@ -446,6 +478,7 @@ class NodeAgent:
 
     async def _pull_with_retries(self, record: ImageRecord, target: PullTarget) -> bool:
         pool = self.settings.pool
+        record.attempts = 0
         for attempt in range(self.settings.retries + 1):
             record.attempts += 1
             async with self._slots:
@@ -598,6 +631,7 @@ class NodeAgent:
             "platform": self.settings.platform,
             "max_parallel_pulls": self.settings.max_parallel_pulls,
             "recheck_interval_seconds": self.settings.recheck_interval_seconds,
+            "started_at": self.started_at,
             "rounds": self.rounds,
             "round_running": self.round_running,
             "last_round_finished_at": self.last_round_finished_at,
@@ -780,14 +814,31 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     parser.add_argument("--once", action="store_true", help="run one round and exit")
     parser.add_argument("--retries", type=int, default=3, help="retries of temporary failures")
-    parser.add_argument("--stall-timeout", type=_positive_float, default=120.0, metavar="SECONDS")
-    parser.add_argument("--pull-timeout", type=_positive_float, default=3600.0, metavar="SECONDS")
+    parser.add_argument(
+        "--stall-timeout",
+        type=_positive_float,
+        default=120.0,
+        metavar="SECONDS",
+        help="cut a Docker API pull that shows no progress for this long (120)",
+    )
+    parser.add_argument(
+        "--pull-timeout",
+        type=_positive_float,
+        default=3600.0,
+        metavar="SECONDS",
+        help="longest one pull attempt may take (3600)",
+    )
     parser.add_argument(
         "--remove-replaced",
         action="store_true",
         help="remove digests this agent pulled once their tag has moved (never anything else)",
     )
-    parser.add_argument("--listen-host", default="127.0.0.1", metavar="HOST")
+    parser.add_argument(
+        "--listen-host",
+        default="127.0.0.1",
+        metavar="HOST",
+        help="address of /metrics and /status (127.0.0.1; 0.0.0.0 for a Prometheus scrape)",
+    )
     parser.add_argument(
         "--listen-port",
         type=_port,
@@ -911,9 +962,9 @@ async def _drive(agent: NodeAgent, *, once: bool, status_file: Path | None) -> i
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signum, agent.stop)
     if once:
-        report = await agent.run_round()
+        report = await agent.run_once()
         _write_status(agent, status_file)
-        return EXIT_OK if report.complete else EXIT_INCOMPLETE
+        return EXIT_OK if report is not None and report.complete else EXIT_INCOMPLETE
     await agent.run(on_round=lambda: _write_status(agent, status_file))
     return EXIT_OK
 
