@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import html
 import os
 import re
 import signal
@@ -299,6 +300,7 @@ async def wait_until_up(hub: RunningHub) -> None:
 
 
 _XSRF_FIELD = re.compile(r'name="_xsrf"\s+value="([^"]+)"')
+_SPAWN_FORM_ACTION = re.compile(r'<form[^>]*id="spawn_form"[^>]*action="([^"]+)"', re.DOTALL)
 
 
 class HubUser:
@@ -339,12 +341,15 @@ class HubUser:
             return text
 
     async def post_spawn(self, form: Mapping[str, str]) -> tuple[int, str, str | None]:
-        """POST the spawn form as a browser does; (status, page, redirect location)."""
-        xsrf = await self._xsrf("/hub/spawn")
+        """POST the spawn form as a browser does (multipart, to the form's own action URL,
+        which carries the XSRF token); returns (status, page, redirect location)."""
+        page = await self.spawn_form()
+        match = _SPAWN_FORM_ACTION.search(page)
+        assert match, "no spawn form on /hub/spawn"
+        action = html.unescape(match.group(1))
+        data = aiohttp.FormData(list(form.items()), default_to_multipart=True)
         async with self.session.post(
-            f"{self.hub.url}/hub/spawn",
-            data={**form, "_xsrf": xsrf},
-            allow_redirects=False,
+            f"{self.hub.url}{action}", data=data, allow_redirects=False
         ) as response:
             return response.status, await response.text(), response.headers.get("Location")
 
@@ -363,3 +368,75 @@ class HubUser:
                 return response.status, json.loads(text) if text else None
             except ValueError:
                 return response.status, text
+
+
+# --- the checker service as its own process ------------------------------------------------
+
+
+@dataclass
+class RunningService:
+    """An ``imagewarden serve`` process on 127.0.0.1."""
+
+    port: int
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=STOP_TIMEOUT_SECONDS)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=STOP_TIMEOUT_SECONDS)
+
+
+def _start_service_process(config_path: Path, port: int, log_path: Path) -> subprocess.Popen[bytes]:
+    command = [sys.executable, "-m", "imagewarden.cli", "serve", "--config", str(config_path)]
+    with log_path.open("wb") as log_file:
+        return subprocess.Popen(
+            [*command, "--port", str(port)],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env={key: value for key, value in os.environ.items() if key != "IMAGEWARDEN_TOKEN"},
+        )
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def imagewarden_service(
+    tmp_path: Path,
+) -> AsyncIterator[Callable[[Path], Awaitable[RunningService]]]:
+    """``await imagewarden_service(config_path)`` starts ``imagewarden serve``; stopped by PID."""
+    started: list[RunningService] = []
+
+    async def start(config_path: Path) -> RunningService:
+        port = free_port()
+        log_path = tmp_path / f"imagewarden-serve-{port}.log"
+        process = _start_service_process(config_path, port, log_path)
+        service = RunningService(port, process, log_path)
+        started.append(service)
+        deadline = time.monotonic() + 30
+        async with aiohttp.ClientSession() as session:
+            while time.monotonic() < deadline:
+                if service.process.poll() is not None:
+                    raise AssertionError(f"imagewarden serve exited: {_read(log_path)}")
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with session.get(f"{service.url}/readyz") as response:
+                        if response.status == 200:
+                            return service
+                await asyncio.sleep(0.05)
+        raise AssertionError(f"imagewarden serve never became ready: {_read(log_path)}")
+
+    try:
+        yield start
+    finally:
+        for service in started:
+            service.stop()
+
+
+def _read(path: Path) -> str:
+    return path.read_text(errors="replace")[-4000:]
