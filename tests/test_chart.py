@@ -646,15 +646,27 @@ def test_readme_values_are_the_cpu_gpu_example() -> None:
 def test_hub_snippet_is_valid_z2jh_values_and_python(tmp_path: Path) -> None:
     notes = render_notes(tmp_path, [values_file("values-cpu-gpu.yaml")])
     values = yaml.safe_load(_hub_snippet(notes))
-    code = values["hub"]["extraConfig"]["imagewarden"]
-    tree = ast.parse(code)
-    calls = [node for node in ast.walk(tree) if isinstance(node, ast.Call)]
-    [configure] = [c for c in calls if getattr(c.func, "id", None) == "configure"]
-    keywords = {k.arg: ast.literal_eval(k.value) for k in configure.keywords}
+    keywords = _configure_keywords(values["hub"]["extraConfig"]["imagewarden"])
     assert keywords["url"] == "http://imagewarden-checker.jhub.svc:8080"
     mount = values["hub"]["extraVolumeMounts"][0]
     assert keywords["token_file"] == f"{mount['mountPath']}/token"
     assert values["hub"]["extraVolumes"][0]["secret"]["secretName"] == "imagewarden-api-token"
+
+
+def test_hub_snippet_without_a_token_mounts_nothing(tmp_path: Path) -> None:
+    notes = render_notes(tmp_path, [])
+    values = yaml.safe_load(_hub_snippet(notes))
+    assert set(values["hub"]) == {"extraConfig"}
+    keywords = _configure_keywords(values["hub"]["extraConfig"]["imagewarden"])
+    assert keywords == {"url": "http://imagewarden-checker.jhub.svc:8080", "token_file": None}
+    assert "No API token is configured" in notes
+
+
+def _configure_keywords(code: str) -> dict[str | None, Any]:
+    tree = ast.parse(code)
+    calls = [node for node in ast.walk(tree) if isinstance(node, ast.Call)]
+    [configure] = [c for c in calls if getattr(c.func, "id", None) == "configure"]
+    return {k.arg: ast.literal_eval(k.value) for k in configure.keywords}
 
 
 def test_hub_snippet_runs_against_the_hub_helper(tmp_path: Path) -> None:
