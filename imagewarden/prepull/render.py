@@ -16,6 +16,7 @@ compares the :data:`SPEC_HASH_ANNOTATION` to decide whether to patch.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -26,7 +27,7 @@ from typing import Any, Final
 import yaml
 
 from imagewarden.prepull.pools import Placement, Pool, PrepullConfig
-from imagewarden.reference import parse
+from imagewarden.reference import Reference, parse
 
 __all__ = [
     "COMPONENT",
@@ -116,9 +117,16 @@ def selector_labels(pool_name: str) -> dict[str, str]:
     }
 
 
+@functools.lru_cache(maxsize=4096)
+def _parsed(image: str) -> Reference:
+    """Parse once per image: the controller renders every pool on every reconcile."""
+    return parse(image)
+
+
+@functools.lru_cache(maxsize=4096)
 def container_name(image: str) -> str:
     """``pull-<last path segment>-<hash>``: readable, unique per image, a valid DNS label."""
-    reference = parse(image)
+    reference = _parsed(image)
     last_segment = reference.path.rsplit("/", 1)[-1]
     readable = re.sub(r"[^a-z0-9]+", "-", last_segment.lower()).strip("-")[:40].strip("-")
     digest = hashlib.sha256(image.encode()).hexdigest()[:10]
@@ -133,7 +141,7 @@ def pull_targets(
     targets: list[tuple[tuple[bool, int, int, int], PullTarget]] = []
     for index, image in enumerate(pool.images):
         resolution = resolved.get(image)
-        reference = parse(image)
+        reference = _parsed(image)
         digest = resolution.digest if resolution else None
         if digest is None and reference.digest is not None:
             digest = reference.digest
@@ -259,13 +267,14 @@ def render_daemonset(
 
 def spec_hash(obj: Mapping[str, Any]) -> str:
     """sha256 over canonical JSON of ``obj`` minus :data:`SPEC_HASH_ANNOTATION` itself."""
-    stripped = json.loads(json.dumps(obj))
-    annotations = stripped.get("metadata", {}).get("annotations")
-    if isinstance(annotations, dict):
-        annotations.pop(SPEC_HASH_ANNOTATION, None)
-        if not annotations:
-            del stripped["metadata"]["annotations"]
-    canonical = json.dumps(stripped, sort_keys=True, separators=(",", ":"))
+    metadata = dict(obj.get("metadata") or {})
+    annotations = dict(metadata.get("annotations") or {})
+    annotations.pop(SPEC_HASH_ANNOTATION, None)
+    if annotations:
+        metadata["annotations"] = annotations
+    else:
+        metadata.pop("annotations", None)
+    canonical = json.dumps({**obj, "metadata": metadata}, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
