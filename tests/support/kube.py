@@ -801,6 +801,10 @@ async def service_account_token(
 # --- by hand --------------------------------------------------------------------------------
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m tests.support.kube [--dir DIR] [--nodes]``: run a cluster until Ctrl-C."""
     parser = argparse.ArgumentParser(description=main.__doc__)
@@ -813,22 +817,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     options = parser.parse_args(argv)
     base_dir = options.dir or Path(tempfile.mkdtemp(prefix="imagewarden-kube-"))
     cluster = KubeCluster(base_dir.resolve())
+    # SIGINT and SIGTERM (even when inherited as ignored, as in a background job) end the
+    # wait below, never the process: everything started here must be stopped on the way out.
+    # Caught signals revert to their defaults in the children, so they can be stopped by PID.
+    for stop_signal in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(stop_signal, _interrupt)
     try:
         cluster.start()
         print(f"cluster up in {cluster.started_seconds:.1f} s; API server {cluster.server}")
         print(f"export KUBECONFIG={cluster.kubeconfig_path}")
         print(f"logs: {cluster.log_dir}")
         if options.nodes:
-            from tests.support.kubelet import run_nodes_until_cancelled
+            from tests.support.kubelet import run_nodes_until_signalled
 
-            asyncio.run(run_nodes_until_cancelled(cluster, base_dir / "nodes"))
+            asyncio.run(run_nodes_until_signalled(cluster, base_dir / "nodes"))
         else:
             print("Ctrl-C stops it")
-            stop_signals = {signal.SIGINT, signal.SIGTERM}
-            signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
-            signal.sigwait(stop_signals)
+            while True:
+                time.sleep(3600)
     except KeyboardInterrupt:
-        pass
+        print("stopping")
     finally:
         cluster.stop()
     return 0

@@ -18,7 +18,7 @@ Function-scoped:
 
 * ``namespace`` -> name of a fresh namespace whose ``default`` ServiceAccount already has its
   token (so pods are admitted at once); deleted afterwards with any cluster-scoped RBAC objects
-  made for it.
+  made for it. A test that left the API server stopped gets it restarted here.
 * ``extra_node`` -> ``await extra_node(NodeSpec(...))`` adds a node for this test only.
 
 ``IMAGEWARDEN_KUBE_DIR=/some/dir`` puts the cluster's state (kubeconfig, logs) in a known place.
@@ -26,6 +26,7 @@ Function-scoped:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import re
@@ -110,11 +111,13 @@ async def namespace(
         )
         yield name
     finally:
-        if kube_cluster.processes["kube-apiserver"].running:
-            with contextlib.suppress(ApiException):
-                await delete_cluster_grants(kube_admin, name)
-            with contextlib.suppress(ApiException):
-                await core.delete_namespace(name, propagation_policy="Background")
+        if not kube_cluster.processes["kube-apiserver"].running:
+            # A test that stopped the API server (and maybe failed) must not break the next one.
+            await asyncio.to_thread(kube_cluster.start_apiserver)
+        with contextlib.suppress(ApiException):
+            await delete_cluster_grants(kube_admin, name)
+        with contextlib.suppress(ApiException):
+            await core.delete_namespace(name, propagation_policy="Background")
 
 
 @pytest_asyncio.fixture(loop_scope="session")

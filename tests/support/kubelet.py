@@ -40,6 +40,7 @@ import json
 import logging
 import platform
 import secrets
+import signal
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -1074,13 +1075,18 @@ class SimulatedNodes:
             self.engines.pop(name).stop()
 
 
-async def run_nodes_until_cancelled(cluster: KubeCluster, base_dir: Path) -> None:
-    """Run :data:`DEFAULT_NODES` until Ctrl-C (``python -m tests.support.kube --nodes``)."""
+async def run_nodes_until_signalled(cluster: KubeCluster, base_dir: Path) -> None:
+    """Run :data:`DEFAULT_NODES` until SIGINT/SIGTERM (``python -m tests.support.kube --nodes``)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for stop_signal in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(stop_signal, stop.set)
     nodes = SimulatedNodes(cluster, base_dir)
     try:
         await nodes.add_nodes()
-        print(f"nodes: {', '.join(nodes.nodes)}; registry hosts dir: {nodes.hosts_dir}")
+        print(f"nodes: {', '.join(sorted(nodes.nodes))}; registry hosts dir: {nodes.hosts_dir}")
         print("Ctrl-C stops everything")
-        await asyncio.Event().wait()
+        await stop.wait()
+        print("stopping")
     finally:
         await nodes.close()
