@@ -514,3 +514,52 @@ async def test_two_tags_of_one_image_are_pulled_once(
             == image.manifest_for("linux/amd64").size_bytes
         )
         assert _sample(agent, "agent_images_present", pool="cpu") == 2
+
+
+async def test_shared_layers_are_not_counted_twice(
+    request: pytest.FixtureRequest,
+    node_engine: NodeEngine,
+    open_registry: RunningRegistry,
+    image_factory: ImageFactory,
+    tmp_path: Path,
+) -> None:
+    salt = _salt(request, node_engine, "shared")
+    base = image_factory.build(layer_sizes=LAYER_SIZES, salt=salt)
+    extended = image_factory.build(
+        layer_sizes=LAYER_SIZES, salt=salt, files={"/extra": b"x" * 5000}
+    )
+    base_repo, extended_repo = f"agent-{node_engine.id}/base", f"agent-{node_engine.id}/extended"
+    open_registry.push(base, base_repo, "1")
+    open_registry.push(extended, extended_repo, "1")
+    extended_layers = {layer.digest for layer in extended.manifests[0].layers}
+    shared = sum(
+        layer.size_bytes for layer in base.manifests[0].layers if layer.digest in extended_layers
+    )
+    assert shared > 0, "the two images share no layer"
+    config = write_agent_config(
+        tmp_path / "config.yaml",
+        pools={
+            "cpu": [
+                open_registry.reference(base_repo, "1"),
+                open_registry.reference(extended_repo, "1"),
+            ]
+        },
+        registries=dict([registry_entry(open_registry)]),
+    )
+    async with open_agent(
+        config, "cpu", node_engine.kind, node_engine.address, max_parallel_pulls=1
+    ) as agent:
+        report = await agent.run_round()
+        assert report.complete
+        first, second = _record(agent, base_repo), _record(agent, extended_repo)
+        full = extended.manifest_for("linux/amd64").size_bytes
+        assert first.last_pull_bytes == base.manifest_for("linux/amd64").size_bytes
+        assert second.last_pull_bytes is not None
+        if node_engine.kind is EngineKind.DOCKER:
+            # podman says "Already exists" for the shared layers: they are not counted, and
+            # the count is flagged as a lower bound since the new blobs carried no byte counts.
+            assert second.last_pull_bytes <= full - shared
+            assert second.last_pull_exact is False
+        else:
+            # CRI tells nothing about reuse: the count is the image's compressed size.
+            assert second.last_pull_bytes == full

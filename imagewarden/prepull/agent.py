@@ -182,6 +182,10 @@ class ImageRecord:
     """Digest of the platform manifest inside :attr:`digest` (same for single-platform)."""
     size_bytes: int | None = None
     """Compressed size (config plus layers) of the platform's image, from the registry."""
+    blob_sizes: dict[str, int] = field(default_factory=dict)
+    """Digest -> size of config and layers, when the registry client reports them."""
+    manifest_bytes: int = 0
+    """Bytes of the index and platform manifest, when the registry client reports them."""
     bytes_done: int = 0
     """Bytes downloaded by the running (or last) pull."""
     bytes_total: int | None = None
@@ -426,6 +430,9 @@ class NodeAgent:
         record.digest = resolution.digest
         record.platform_digest = resolution.platform_digest
         record.size_bytes = resolution.size_bytes
+        # Optional, when the registry client reports them: exact per-blob progress and CRI sizes.
+        record.blob_sizes = dict(getattr(resolution, "blob_sizes", None) or {})
+        record.manifest_bytes = int(getattr(resolution, "manifest_size_bytes", 0) or 0)
         if record.state is ImageState.UNRESOLVED:
             record.state = ImageState.PENDING
 
@@ -436,6 +443,8 @@ class NodeAgent:
             platform=self.settings.platform,
             credentials=self.resolver.credentials_for(record.reference.domain),
             size_bytes=record.size_bytes if digest == record.digest else None,
+            blob_sizes=record.blob_sizes if digest == record.digest else {},
+            manifest_bytes=record.manifest_bytes if digest == record.digest else 0,
         )
 
     async def _ensure(

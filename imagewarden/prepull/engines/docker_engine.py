@@ -14,8 +14,11 @@ stream of JSON progress messages, one object per blob event:
 
 :class:`PullProgressTracker` folds these into bytes per blob (the ``id`` is the first 12 hex
 digits of the blob digest). dockerd reports byte counts continuously; podman only once a second
-per blob, so a blob that completes faster never carries a count: its size then comes from the
-manifest (:attr:`PullTarget.blob_sizes`), which makes the final count exact either way.
+per blob, so a blob that completes faster never carries a count. The final count is still exact:
+when no blob was already on the node, everything the manifest lists was downloaded, which is the
+registry's compressed size (:attr:`PullTarget.size_bytes`); per-blob sizes from the manifest
+(:attr:`PullTarget.blob_sizes`) also fill in blobs without counts. Only a pull that reused some
+layers and left others uncounted reports a lower bound (``PullOutcome.exact`` is False).
 
 The stream is read with a socket timeout of ``stall_timeout_seconds``: a registry that stops
 sending makes the engine stop sending progress, and the pull fails as ``stalled``
