@@ -15,6 +15,8 @@ APT_PACKAGES=(
   etcd-server etcd-client golang-1.19-go golang-1.19-src rsync golang-github-modern-go-reflect2-dev dpkg-dev
   # docker/noop.c, the static pre-pull no-op binary (tests/test_prepull_noop.py builds it)
   gcc libc6-dev
+  # headless browser for the spawn-form test (tests/test_browser.py, driven over DevTools)
+  chromium
 )
 
 missing=()
