@@ -457,4 +457,7 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Settings:
         raise ConfigError("", f"config file {str(file)!r} is not UTF-8 text") from None
     except yaml.YAMLError as error:
         raise ConfigError("", f"config file {str(file)!r} is not valid YAML: {error}") from None
+    except RecursionError:
+        # PyYAML parses nesting recursively: 1000 "[" in a 2 kB file exhaust the stack.
+        raise ConfigError("", f"config file {str(file)!r} is nested too deeply") from None
     return parse_settings(data)
