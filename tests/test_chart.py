@@ -23,8 +23,10 @@ from typing import Any
 import pytest
 import yaml
 
+import imagewarden
 from imagewarden.config import load_config
 from imagewarden.prepull.controller import LEASE_NAME, RBAC_RULES
+from imagewarden.prepull.pools import DEFAULT_NOOP_IMAGE
 from tests.support.helm import (
     CHART_DIR,
     CI_VALUES_DIR,
@@ -516,6 +518,13 @@ def test_noop_image_defaults_to_the_chart_image() -> None:
     assert deployment["spec"]["template"]["spec"]["containers"][0]["image"] == (
         "quay.io/imagewarden/imagewarden:1.2.3"
     )
+
+
+def test_chart_versions_and_default_image_match_the_package() -> None:
+    chart = yaml.safe_load((CHART_DIR / "Chart.yaml").read_text())
+    assert chart["appVersion"] == imagewarden.__version__
+    config = load_config_from(render())
+    assert config.prepull.noop_image == DEFAULT_NOOP_IMAGE
 
 
 def load_config_from(rendering: Rendering) -> Any:
