@@ -459,3 +459,27 @@ def test_format_status_table() -> None:
     assert "\x1b" not in text
     assert "Failed\\n\\u001b[31mred" in tools
     assert "pool empty: 0/0 nodes warm  (DaemonSet not created yet)  [d]" in lines
+
+
+def test_removed_pool_series_disappear(coverage: Coverage) -> None:
+    coverage.replace_nodes([_node("gpu-1", PULL_NOTEBOOK)])
+    coverage.replace_pods([_pod("gpu", "gpu-1")])
+    coverage.update_gauges()
+    assert _sample(coverage, "imagewarden_prepull_pool_nodes", pool="gpu") == 1
+    only_cpu = parse_prepull(
+        {"pools": {"cpu": {"nodeSelector": {"pool": "cpu"}, "images": [TOOLS]}}}
+    )
+    coverage.set_config(only_cpu)
+    coverage.update_gauges()
+    registry = coverage.metrics.registry
+    assert registry.get_sample_value("imagewarden_prepull_pool_nodes", {"pool": "gpu"}) is None
+    assert (
+        registry.get_sample_value(
+            "imagewarden_image_pulls_total", {"pool": "gpu", "result": "success"}
+        )
+        is None
+    )
+    # The live DaemonSet lists both until the controller patches it; the image that is no
+    # longer configured shows as what the pod pulls.
+    assert [image for image, _, _ in coverage.targets("cpu")] == [PULL_NOTEBOOK, TOOLS]
+    assert list(coverage.snapshot()["pools"]) == ["cpu"]

@@ -19,6 +19,7 @@ JSON and :meth:`Coverage.update_gauges` refreshes the pre-pull gauges of
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from collections import OrderedDict
@@ -188,26 +189,44 @@ class Coverage:
         self._event_counts: OrderedDict[str, int] = OrderedDict()
         self._container_images: dict[tuple[str, str], str] = {}
         self.set_config(config)
-        for pool in config.pools:
-            for result in ("success", "failure", "skipped"):
-                metrics.image_pulls_total.labels(pool=pool, result=result)
 
     # --- configuration --------------------------------------------------------------------
 
     def set_config(self, config: PrepullConfig) -> None:
-        """Adopt a new config; images no longer configured are forgotten."""
+        """Adopt a new config; images and pools no longer configured are forgotten."""
+        for pool in set(self.config.pools) - set(config.pools):
+            self._forget_pool_series(pool)
         self.config = config
         self._container_images = {
             (pool.name, container_name(image)): image
             for pool in config.pools.values()
             for image in pool.images
         }
+        for pool in config.pools:
+            for result in ("success", "failure", "skipped"):
+                self.metrics.image_pulls_total.labels(pool=pool, result=result)
         wanted = set(self._container_images.values())
         self._images = {
             key: state
             for key, state in self._images.items()
             if key[0] in config.pools and key[1] in wanted
         }
+
+    def _forget_pool_series(self, pool: str) -> None:
+        """Drop a removed pool's series so dashboards do not show its last value forever."""
+        families = (
+            ((self.metrics.prepull_pool_nodes, self.metrics.prepull_pool_nodes_warm), ((pool,),)),
+            ((self.metrics.image_pull_duration_seconds,), ((pool,),)),
+            (
+                (self.metrics.image_pulls_total,),
+                tuple((pool, result) for result in ("success", "failure", "skipped")),
+            ),
+        )
+        for metrics, label_sets in families:
+            for metric in metrics:
+                for labels in label_sets:
+                    with contextlib.suppress(KeyError):
+                        metric.remove(*labels)
 
     def set_resolution(
         self,
