@@ -479,3 +479,34 @@ async def test_a_node_that_joins_later_pulls_cold_and_removal_deletes_it(
         return False
 
     await wait_for(lease_collected, "the garbage collector to delete the node's Lease")
+
+
+@pytest.mark.parametrize(
+    "node_name",
+    [pytest.param("cpu-1", id="cri-amd64"), pytest.param("arm-1", id="ctr-arm64")],
+)
+async def test_node_images_follow_the_runtime_when_an_image_is_removed(
+    node_name: str,
+    kube_admin: ApiClient,
+    kube_nodes: SimulatedNodes,
+    namespace: str,
+    open_registry: RunningRegistry,
+    image_factory: ImageFactory,
+) -> None:
+    repo = f"smoke/{namespace}"
+    digest = await open_registry.push_async(
+        image_factory.multi_platform(salt=namespace), repo, "v2"
+    )
+    kube_nodes.add_registry(open_registry.host, open_registry.url)
+    by_tag = open_registry.reference(repo, "v2")
+    core = client.CoreV1Api(kube_admin)
+    await core.create_namespaced_pod(namespace, bare_pod("puller", by_tag, node_name))
+    await running_pod(kube_admin, namespace, "puller")
+    entry = image_entry(await core.read_node(node_name), by_tag)
+    assert entry is not None
+    assert entry.names == [open_registry.reference(repo, digest), by_tag]
+
+    await kube_nodes[node_name].remove_image(by_tag)
+
+    assert image_entry(await core.read_node(node_name), by_tag) is None
+    assert await kube_nodes[node_name].runtime.status(by_tag) is None

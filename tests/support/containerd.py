@@ -431,6 +431,10 @@ class ImageRuntime(Protocol):
         """Every image held."""
         ...
 
+    async def remove(self, image: str) -> None:
+        """Delete the image known under ``image`` (all its names), as image GC would."""
+        ...
+
     async def close(self) -> None:
         """Release connections."""
         ...
@@ -459,6 +463,9 @@ class CriImageRuntime:
 
     async def list(self) -> list[CriImage]:
         return await self._client.list()
+
+    async def remove(self, image: str) -> None:
+        await self._client.remove(image)
 
     async def close(self) -> None:
         await self._client.close()
@@ -597,6 +604,19 @@ class CtrImageRuntime:
             if wanted == candidate.id or wanted in candidate.names:
                 return candidate
         return None
+
+    async def remove(self, image: str) -> None:
+        found = await self.status(image)
+        if found is None:
+            return
+        config_digest = found.id
+        refs = [
+            ref
+            for ref, target in (await self._records()).items()
+            if ref in found.names or (await self._describe(target))[0] == config_digest
+        ]
+        if refs:
+            await self._ctr("images", "rm", *refs)
 
     async def close(self) -> None:
         self._blob_cache.clear()

@@ -497,6 +497,11 @@ class SimulatedKubelet:
         )
         self._images_published = status["images"]
 
+    async def remove_image(self, image: str) -> None:
+        """Delete an image from this node's runtime (as image GC would) and publish the change."""
+        await self.runtime.remove(image)
+        await self.sync_images()
+
     async def sync_images(self) -> list[dict[str, Any]]:
         """Publish ``status.images`` from the runtime now (it also happens after every pull)."""
         images = await self._node_images()
