@@ -44,6 +44,7 @@ from imagewarden.prepull.controller import (
     WatchCursor,
     infinite_watch,
     make_status_app,
+    placement_and_images,
 )
 from imagewarden.prepull.pools import PrepullConfig, parse_prepull
 from imagewarden.prepull.render import (
@@ -344,6 +345,8 @@ async def test_rendered_daemonsets_pass_api_server_validation(
             )
             stored = json.loads(await response.read())
             assert _missing_fields(document, stored) == [], document["metadata"]["name"]
+            # What drift detection compares must come back exactly as sent (no patch loop).
+            assert placement_and_images(stored) == placement_and_images(document)
         listing = await apps.list_namespaced_daemon_set(namespace)
         assert listing.items == [], "a dry run must not store anything"
     finally:
@@ -521,6 +524,28 @@ async def test_config_change_patches_and_removed_pool_is_deleted(
         RegistryClient(first) as registry,
         running_controller(kube_admin, first.prepull, namespace, resolver=registry) as running,
     ):
+        await ready_pods(kube_admin, namespace, "cpu", expected=2)
+        before = await daemonset(kube_admin, namespace, daemonset_name("cpu"))
+        assert before is not None
+        settled = await running.controller.reconcile_once()
+        assert settled.unchanged == (daemonset_name("cpu"),), "nothing to patch once applied"
+        assert settled.patched == settled.created == settled.deleted == ()
+
+        # Someone edits where the pool runs without touching our hash: it is put back.
+        await apps.patch_namespaced_daemon_set(
+            daemonset_name("cpu"),
+            namespace,
+            {"spec": {"template": {"spec": {"nodeSelector": {"imagewarden.test/pool": "gpu"}}}}},
+            _content_type="application/merge-patch+json",
+        )
+
+        async def restored() -> bool:
+            current = await daemonset(kube_admin, namespace, daemonset_name("cpu"))
+            return current is not None and (
+                current["spec"]["template"]["spec"]["nodeSelector"] == CPU_SELECTOR
+            )
+
+        await wait_for(restored, "the edited nodeSelector to be restored")
         await ready_pods(kube_admin, namespace, "cpu", expected=2)
         before = await daemonset(kube_admin, namespace, daemonset_name("cpu"))
         assert before is not None

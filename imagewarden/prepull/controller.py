@@ -70,6 +70,7 @@ __all__ = [
     "continuous_watch",
     "infinite_watch",
     "make_status_app",
+    "placement_and_images",
     "watch_objs",
 ]
 
@@ -701,7 +702,9 @@ class Controller:
                         timeout_seconds=timeout,
                     )
                     created.append(name)
-                elif _annotation(have) != want["metadata"]["annotations"][SPEC_HASH_ANNOTATION]:
+                elif _annotation(have) != want["metadata"]["annotations"][
+                    SPEC_HASH_ANNOTATION
+                ] or _drifted(have, want):
                     await api_json(
                         self._apps.patch_namespaced_daemon_set,
                         name,
@@ -882,7 +885,7 @@ class Controller:
             try:
                 result = await self.reconcile_once()
                 failures = failures + 1 if result.errors else 0
-            except (ApiException, aiohttp.ClientError, OSError, TimeoutError) as error:
+            except (ApiException, aiohttp.ClientError, OSError, TimeoutError, ValueError) as error:
                 failures += 1
                 log.warning("reconcile failed: %s", _describe(error))
             if failures:
@@ -901,6 +904,27 @@ def _annotation(daemonset: Mapping[str, Any]) -> str | None:
     annotations = (daemonset.get("metadata") or {}).get("annotations") or {}
     value = annotations.get(SPEC_HASH_ANNOTATION)
     return str(value) if value is not None else None
+
+
+def placement_and_images(daemonset: Mapping[str, Any]) -> tuple[Any, ...]:
+    """The parts of a pod template that decide what is pulled where (kept by the API as sent)."""
+    pod = ((daemonset.get("spec") or {}).get("template") or {}).get("spec") or {}
+
+    def containers(key: str) -> list[tuple[Any, Any, Any]]:
+        return [(c.get("name"), c.get("image"), c.get("command")) for c in pod.get(key) or []]
+
+    return (
+        containers("initContainers"),
+        containers("containers"),
+        pod.get("nodeSelector") or {},
+        pod.get("tolerations") or [],
+        pod.get("affinity") or {},
+    )
+
+
+def _drifted(have: Mapping[str, Any], want: Mapping[str, Any]) -> bool:
+    """True when someone edited what is pulled or where, leaving our hash annotation alone."""
+    return placement_and_images(have) != placement_and_images(want)
 
 
 def _replace_patch(have: Mapping[str, Any], want: Mapping[str, Any]) -> list[dict[str, Any]]:
