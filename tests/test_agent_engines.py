@@ -291,11 +291,19 @@ async def test_image_that_disappears_mid_pull_fails_as_gone_and_others_still_arr
         proxy.stalled_repos = {gone_repo}
         config = write_agent_config(
             tmp_path / "config.yaml",
-            pools={"cpu": [f"{proxy.host}/{gone_repo}:1", f"{proxy.host}/{kept_repo}:1"]},
+            pools={"cpu": [f"{proxy.host}/{kept_repo}:1", f"{proxy.host}/{gone_repo}:1"]},
             registries={proxy.host: (proxy.url, None)},
         )
+        # One pull at a time, the kept image first: the restart happens while only the
+        # vanishing image is in flight.
         async with open_agent(
-            config, "cpu", node_engine.kind, node_engine.address, retries=2, retry_base_seconds=0.2
+            config,
+            "cpu",
+            node_engine.kind,
+            node_engine.address,
+            retries=2,
+            retry_base_seconds=0.2,
+            max_parallel_pulls=1,
         ) as agent:
             round_task = asyncio.ensure_future(agent.run_round())
             assert await asyncio.to_thread(proxy.wait_for_stall), "the pull never started"

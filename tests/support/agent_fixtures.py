@@ -111,8 +111,12 @@ class RegistryProxy:
 
     async def _open(self, app: web.Application) -> None:
         self._release = asyncio.Event()
+        # No pooled upstream connections: after a registry restart a pooled one is dead, and
+        # the engine would see a 502 from the proxy that no real registry restart causes.
         self._session = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=None, sock_read=300), auto_decompress=False
+            connector=aiohttp.TCPConnector(force_close=True),
+            timeout=aiohttp.ClientTimeout(total=None, sock_read=300),
+            auto_decompress=False,
         )
 
     async def _close(self, app: web.Application) -> None:
