@@ -153,6 +153,7 @@ async def typed_images(spawner: Any) -> list[TypedImage]:
         template = (unlisted.get("kubespawner_override") or {}).get("image")
         if not isinstance(template, str) or "{value" not in template:
             continue
+        _validate(typed, unlisted, str(option.get("display_name") or option_name))
         found.append(
             TypedImage(
                 profile=slug if isinstance(slug, str) else None,
@@ -162,6 +163,21 @@ async def typed_images(spawner: Any) -> list[TypedImage]:
             )
         )
     return found
+
+
+def _validate(typed: object, unlisted: Mapping[str, Any], label: str) -> None:
+    """KubeSpawner's own ``validation_regex`` test (``re.match``), refused with its
+    ``validation_message`` here instead of as an unhandled error inside ``start()``."""
+    pattern = unlisted.get("validation_regex")
+    if not pattern:
+        return
+    if isinstance(typed, str) and re.match(pattern, typed):
+        return
+    hint = unlisted.get("validation_message")
+    raise ValueError(
+        f"“{shown(typed)}” is not accepted in the field {label!r}"
+        + (f": {shown(hint)}" if hint else ".")
+    )
 
 
 class CheckBackend(Protocol):
@@ -402,6 +418,12 @@ class ImageGuard:
                 "one of the listed images.",
             ) from None
         if not verdict.allowed:
+            log.info(
+                "imagewarden: refused %s for profile %s (%s)",
+                shown(typed.image),
+                typed.profile,
+                verdict.code,
+            )
             raise self._refusal(REFUSED_STATUS, typed, verdict.reason)
         log.info(
             "imagewarden: %s allowed for profile %s as %s",

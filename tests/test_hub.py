@@ -529,3 +529,45 @@ def test_configure_mistakes_fail_when_the_hub_starts(options: dict[str, Any], me
         configure(c, **options)
     assert message in str(caught.value)
     assert "pre_spawn_hook" not in c.KubeSpawner
+
+
+@pytest.mark.parametrize(
+    ("typed", "expected"),
+    [
+        pytest.param(
+            "ubuntu:22.04",
+            Outcome(
+                status=400,
+                message="Cannot start a server: “ubuntu:22.04” is not accepted in the field "
+                "'Image': Must be a quay.io image with a tag",
+            ),
+            id="regex-refuses",
+        ),
+        pytest.param(
+            f"{PANGEO}:2023.09.11",
+            Outcome(image=f"{PANGEO}@sha256:"),
+            id="regex-passes-then-checked",
+        ),
+    ],
+)
+async def test_validation_regex_is_applied_as_kubespawner_would(
+    make_guard: Callable[..., ImageGuard], typed: str, expected: Outcome
+) -> None:
+    """KubeSpawner would refuse a value failing validation_regex inside start() with an
+    unhandled ValueError (a 500 page); the hook refuses it on the form instead."""
+    from kubespawner import KubeSpawner
+
+    profiles = profile_list()
+    profiles[0]["profile_options"]["image"]["unlisted_choice"].update(
+        validation_regex=r"^quay\.io/.+:.+$",
+        validation_message="Must be a quay.io image with a tag",
+    )
+    c = Config()
+    make_guard("in_process", c)
+    result = await outcome_of(
+        KubeSpawner(_mock=True, config=c, profile_list=profiles), formdata=form("cpu", typed)
+    )
+    if expected.image:
+        assert (result.image or "").startswith(expected.image)
+    else:
+        assert result == expected
