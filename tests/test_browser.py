@@ -1,8 +1,8 @@
 """A person in headless Chromium picks "Other...", types a bad image, clicks Start, reads why.
 
 A real JupyterHub with KubeSpawner and imagewarden's in-process hook; the refusal happens
-before any pod exists, so the hub's kubeconfig may point nowhere (``spawner_kubeconfig``). The
-page's own JavaScript (KubeSpawner's form) has to reveal the free-text box and name it for the
+before any pod exists, so the hub's kubeconfig may point nowhere (``spawner_kubeconfig_file``).
+The page's own JavaScript (KubeSpawner's form) has to reveal the free-text box and name it for the
 POST, so this also proves the field names the hook reads are the ones the browser sends.
 The screenshot is kept as test-artifacts/browser-spawn-refused.png.
 """
@@ -43,7 +43,7 @@ async def submit_and_wait(page: Page, selector: str) -> None:
 async def test_other_image_refusal_is_shown_on_the_spawn_page(
     tmp_path: Path,
     jupyterhub_process: Callable[..., Awaitable[RunningHub]],
-    spawner_kubeconfig: Path,
+    spawner_kubeconfig_file: Path,
     token_registry: RunningRegistry,
     open_registry: RunningRegistry,
     seeded_images: SeededImages,
@@ -58,7 +58,7 @@ c.KubeSpawner.profile_list = {profile_list()!r}
 from imagewarden.hub import configure
 configure(c, config_file={str(config_path)!r})
 """,
-        env={"KUBECONFIG": str(spawner_kubeconfig)},
+        env={"KUBECONFIG": str(spawner_kubeconfig_file)},
     )
     async with launch_chromium(tmp_path) as page:
         await page.goto(f"{hub.url}/hub/login")

@@ -2,12 +2,13 @@
 
 Fixtures (registered in ``tests/conftest.py``):
 
-* ``spawner_kubeconfig`` (session): a kubeconfig that loads but points nowhere
-  (``https://127.0.0.1:9``), installed as ``$KUBECONFIG`` *and* as kubernetes_asyncio's default
-  location (which it reads at import time), so ``KubeSpawner(_mock=True, …)`` can be built in a
-  running loop without a cluster. KubeSpawner loads it once per process (``lru_cache``), so
-  in-process spawners never talk to a real cluster; the end-to-end tests run the hub as a
-  separate process with the real cluster's kubeconfig.
+* ``spawner_kubeconfig`` (function; the file itself is session-scoped): a kubeconfig that
+  loads but points nowhere (``https://127.0.0.1:9``), installed for the test as ``$KUBECONFIG``
+  *and* as kubernetes_asyncio's default location (which it reads at import time), so
+  ``KubeSpawner(_mock=True, …)`` can be built in a running loop without a cluster. KubeSpawner
+  loads a kubeconfig once per process (``lru_cache``), so in-process spawners never talk to a
+  real cluster; the end-to-end tests run the hub as a separate process with the real cluster's
+  kubeconfig.
 * ``jupyterhub_process`` (function): ``await jupyterhub_process(config_text, env=…)`` starts
   ``python -m jupyterhub -f FILE`` on free loopback ports and returns a :class:`RunningHub`;
   every hub it started is stopped by PID at the end of the test, even on failure.
@@ -142,10 +143,8 @@ def hub_settings_document(quay_endpoint: str, docker_endpoint: str) -> dict[str,
 
 
 @pytest.fixture(scope="session")
-def spawner_kubeconfig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """Point ``$KUBECONFIG`` (and kubernetes_asyncio's import-time default) at a dead cluster."""
-    from kubernetes_asyncio.config import kube_config
-
+def spawner_kubeconfig_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A kubeconfig that loads but points nowhere (``https://127.0.0.1:9``)."""
     path = tmp_path_factory.mktemp("spawner-kubeconfig") / "kubeconfig"
     path.write_text(
         yaml.safe_dump(
@@ -159,14 +158,28 @@ def spawner_kubeconfig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pat
             }
         )
     )
+    return path
+
+
+@pytest.fixture
+def spawner_kubeconfig(spawner_kubeconfig_file: Path) -> Iterator[Path]:
+    """For this test: ``$KUBECONFIG`` and kubernetes_asyncio's import-time default location
+    point at :func:`spawner_kubeconfig_file`. Afterwards both, and the client's default
+    Configuration that KubeSpawner's loader sets, are put back, so tests that talk to the real
+    test cluster through defaults are not pointed at nowhere."""
+    from kubernetes_asyncio.client import Configuration
+    from kubernetes_asyncio.config import kube_config
+
     saved_env = os.environ.get("KUBECONFIG")
-    saved_default = kube_config.KUBE_CONFIG_DEFAULT_LOCATION
-    os.environ["KUBECONFIG"] = str(path)
-    kube_config.KUBE_CONFIG_DEFAULT_LOCATION = str(path)
+    saved_location = kube_config.KUBE_CONFIG_DEFAULT_LOCATION
+    saved_default = Configuration._default
+    os.environ["KUBECONFIG"] = str(spawner_kubeconfig_file)
+    kube_config.KUBE_CONFIG_DEFAULT_LOCATION = str(spawner_kubeconfig_file)
     try:
-        yield path
+        yield spawner_kubeconfig_file
     finally:
-        kube_config.KUBE_CONFIG_DEFAULT_LOCATION = saved_default
+        Configuration._default = saved_default
+        kube_config.KUBE_CONFIG_DEFAULT_LOCATION = saved_location
         if saved_env is None:
             os.environ.pop("KUBECONFIG", None)
         else:
