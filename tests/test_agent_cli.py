@@ -13,6 +13,7 @@ import os
 import pty
 import select
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -325,3 +326,19 @@ def test_sigterm_during_a_stalled_pull_stops_the_agent_promptly(
         process.send_signal(signal.SIGTERM)
         assert process.wait(15) == 0
         assert time.monotonic() - started < 10
+
+
+def test_port_in_use_exits_2_naming_it(tmp_path: Path) -> None:
+    config = write_agent_config(
+        tmp_path / "config.yaml",
+        pools={"cpu": ["127.0.0.1:1/a/b:1"]},
+        registries={"127.0.0.1:1": ("http://127.0.0.1:1", None)},
+    )
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        result = _run(
+            ["--pool", "cpu", "--config", str(config), "--once", "--listen-port", str(port),
+             "--engine-socket", str(tmp_path / "unused.sock")]
+        )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr

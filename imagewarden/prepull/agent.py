@@ -956,7 +956,12 @@ async def run_agent(
         with _logging_through(display), display or contextlib.nullcontext():
             agent.view = display
             try:
-                await agent.start_server()
+                try:
+                    await agent.start_server()
+                except OSError as error:
+                    where = f"{settings.listen_host}:{settings.listen_port}"
+                    print(f"imagewarden agent: cannot listen on {where}: {error}", file=sys.stderr)
+                    return EXIT_USAGE
                 return await _drive(agent, once=once, status_file=status_file)
             except EngineError as error:
                 print(f"imagewarden agent: {error}", file=sys.stderr)

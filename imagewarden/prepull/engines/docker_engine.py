@@ -348,7 +348,8 @@ class DockerEngine:
             if force or now - last_sent[0] >= PROGRESS_INTERVAL_SECONDS:
                 last_sent[0] = now
                 total = tracker.total_bytes or target.expected_bytes
-                loop.call_soon_threadsafe(on_progress, tracker.downloaded_bytes, total)
+                with contextlib.suppress(RuntimeError):  # the loop closed: nobody is watching
+                    loop.call_soon_threadsafe(on_progress, tracker.downloaded_bytes, total)
 
         def work() -> None:
             for message in self._pull_stream(target, call):
