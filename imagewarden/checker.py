@@ -22,7 +22,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from imagewarden.config import DEFAULT_SETTINGS, FailureMode, Settings
 from imagewarden.errors import (
@@ -38,8 +38,9 @@ from imagewarden.errors import (
 )
 from imagewarden.metrics import Metrics
 from imagewarden.reference import Reference, canonicalize, parse
-from imagewarden.registry import client as registry_client
-from imagewarden.registry.client import Resolution
+
+if TYPE_CHECKING:
+    from imagewarden.registry.client import Resolution
 
 log = logging.getLogger(__name__)
 
@@ -297,9 +298,11 @@ class Checker:
             task.exception()  # retrieved here so an abandoned fetch never logs "never retrieved"
 
     async def _fetch(self, key: tuple[str, str], ref: Reference, platform: str) -> _Entry:
+        from imagewarden.registry.client import deadline
+
         assert self.resolver is not None
         budget = self.settings.checker.timeout_seconds
-        registry_client.deadline.set(self._clock() + budget)
+        deadline.set(self._clock() + budget)
         try:
             async with asyncio.timeout(budget):
                 resolution = await self.resolver.resolve(ref, platform=platform)

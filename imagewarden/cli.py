@@ -13,12 +13,14 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from imagewarden import __version__
-from imagewarden.checker import Checker, Verdict
-from imagewarden.config import Settings, load_config
 from imagewarden.errors import ConfigError
+
+if TYPE_CHECKING:
+    from imagewarden.checker import Verdict
+    from imagewarden.config import Settings
 
 EXIT_ALLOWED = 0
 EXIT_REFUSED = 1
@@ -45,6 +47,8 @@ def add_config_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def load_settings(args: argparse.Namespace) -> Settings:
+    from imagewarden.config import load_config
+
     return load_config(args.config)
 
 
@@ -62,6 +66,8 @@ def _print_verdict(verdict: Verdict, output: str) -> None:
 
 
 async def _run_check(settings: Settings, args: argparse.Namespace) -> Verdict:
+    from imagewarden.checker import Checker
+
     if args.offline:
         return await Checker(settings).check(args.image, profile=args.profile)
     from imagewarden.registry import RegistryClient
@@ -110,7 +116,8 @@ def _add_check_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPa
     parser.set_defaults(handler=_check)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; given the sub-command about to run, only that one's module is imported."""
     parser = argparse.ArgumentParser(
         prog="imagewarden",
         description=_DESCRIPTION,
@@ -120,23 +127,46 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
     subparsers = parser.add_subparsers(metavar="COMMAND", required=True)
     _add_check_parser(subparsers)
-    for add_parser in _plugin_parsers():
+    for add_parser in _subsystem_parsers(command):
         add_parser(subparsers)
     return parser
 
 
-def _plugin_parsers() -> list[Callable[[Any], None]]:
-    """Sub-commands that live beside their subsystem; they import heavy modules lazily."""
+def _serve_parser() -> Callable[[Any], None]:
     from imagewarden import service
-    from imagewarden.prepull import agent
+
+    return service.add_parser
+
+
+def _prepull_parser() -> Callable[[Any], None]:
     from imagewarden.prepull import cli as prepull_cli
 
-    return [service.add_parser, prepull_cli.add_parser, agent.add_parser]
+    return prepull_cli.add_parser
+
+
+def _agent_parser() -> Callable[[Any], None]:
+    from imagewarden.prepull import agent
+
+    return agent.add_parser
+
+
+_SUBSYSTEM_PARSERS = {"serve": _serve_parser, "prepull": _prepull_parser, "agent": _agent_parser}
+"""Sub-commands that live beside their subsystem. Importing one pulls in its stack (aiohttp,
+kubernetes_asyncio, grpc), so a command imports only its own; top-level help imports all."""
+
+
+def _subsystem_parsers(command: str | None) -> list[Callable[[Any], None]]:
+    if command == "check":
+        return []
+    if command in _SUBSYSTEM_PARSERS:
+        return [_SUBSYSTEM_PARSERS[command]()]
+    return [load() for load in _SUBSYSTEM_PARSERS.values()]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    command = next((word for word in arguments if not word.startswith("-")), None)
+    args = build_parser(command).parse_args(arguments)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

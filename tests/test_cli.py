@@ -298,24 +298,7 @@ def test_command_help(capsys: pytest.CaptureFixture[str], tmp_path: Path, comman
         assert word in result.out
 
 
-OPTIONS_WITHOUT_HELP = {
-    # command -> reported to the lead; remove the row when its options have help text
-    "prepull status": "--output and --timeout-seconds have no help text",
-}
-
-
-@pytest.mark.parametrize(
-    "command",
-    [
-        pytest.param(
-            command,
-            marks=[pytest.mark.xfail(strict=True, reason=OPTIONS_WITHOUT_HELP[command])]
-            if command in OPTIONS_WITHOUT_HELP
-            else [],
-        )
-        for command in sorted(COMMANDS)
-    ],
-)
+@pytest.mark.parametrize("command", sorted(COMMANDS))
 def test_every_option_has_help(command: str) -> None:
     parser, _ = COMMANDS[command]
     missing = [

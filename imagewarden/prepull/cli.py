@@ -118,8 +118,18 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     status.add_argument(
         "--url", default=DEFAULT_URL, help=f"controller URL (default {DEFAULT_URL})"
     )
-    status.add_argument("--output", choices=("text", "json"), default="text")
-    status.add_argument("--timeout-seconds", type=float, default=10.0)
+    status.add_argument(
+        "--output",
+        choices=("text", "json"),
+        default="text",
+        help="text: a table per pool with a bar per image (default); json: the /status document",
+    )
+    status.add_argument(
+        "--timeout-seconds",
+        type=float,
+        default=10.0,
+        help="how long to wait for the controller's answer (default 10)",
+    )
     status.set_defaults(handler=_status)
 
 
