@@ -107,7 +107,7 @@ def parse_tables(script: str, text: str) -> list[Row]:
         values = []
         while tokens and _VALUE.match(tokens[-1].group()) and len(tokens) > 1:
             values.insert(0, tokens.pop())
-        if values and tokens:
+        if values and tokens and header:
             label = re.sub(r"\s{2,}", " / ", line[: values[0].start()].strip())
             named = []
             for token in values:
@@ -157,7 +157,9 @@ def run_script(path: Path, extra: list[str], log_dir: Path, timeout_seconds: flo
 
 
 def _describe_values(values: list[tuple[str, str]]) -> str:
-    return ", ".join(f"{name}={value}" if name else value for name, value in values)
+    return ", ".join(
+        f"{name}={value}" if name and name.lower() != "value" else value for name, value in values
+    )
 
 
 def combined_table(outcomes: list[Outcome]) -> str:
