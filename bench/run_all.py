@@ -104,7 +104,7 @@ def parse_tables(script: str, text: str) -> list[Row]:
             rows.append(Row(script, title, "invariants", [("", line.split(":", 1)[1].strip())]))
             continue
         tokens = list(re.finditer(r"\S+", line))
-        values = []
+        values: list[re.Match[str]] = []
         while tokens and _VALUE.match(tokens[-1].group()) and len(tokens) > 1:
             values.insert(0, tokens.pop())
         if values and tokens and header:
@@ -145,8 +145,8 @@ def run_script(path: Path, extra: list[str], log_dir: Path, timeout_seconds: flo
             )
             stdout, returncode = completed.stdout, completed.returncode
         except subprocess.TimeoutExpired as expired:
-            stdout = expired.stdout or ""
-            stdout = stdout.decode() if isinstance(stdout, bytes) else stdout
+            partial = expired.stdout or ""
+            stdout = partial.decode() if isinstance(partial, bytes) else partial
             returncode = -1
         stream.write("\n--- stdout ---\n" + stdout)
     seconds = time.monotonic() - started

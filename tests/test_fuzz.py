@@ -46,8 +46,8 @@ from imagewarden.checker import MAX_IMAGE_CHARS, Checker
 from imagewarden.config import Settings, load_config, parse_settings
 from imagewarden.errors import ConfigError, InvalidReference, PolicyPatternError
 from imagewarden.policy import Policy, compile_rule
-from imagewarden.reference import Reference, parse
-from imagewarden.registry.hosts import canonical_host, endpoint_for
+from imagewarden.reference import Reference, canonical_host, parse
+from imagewarden.registry.hosts import endpoint_for
 from imagewarden.service import create_app
 from tests.support.registry import RunningRegistry
 
@@ -160,12 +160,11 @@ def _single_line_bounded(text: str, limit: int) -> bool:
 @example("\ud800")
 @example("a" * (MAX_IMAGE_CHARS + 1))
 def test_parse_accepts_only_printable_ascii_or_raises_invalid_reference(text: str) -> None:
+    refusal: str | None = None
     try:
         ref = parse(text)
     except InvalidReference as error:
         refusal = str(error)
-    else:
-        refusal = None
     if refusal is not None:
         assert _single_line_bounded(refusal, MAX_REASON_CHARS), refusal
         return
