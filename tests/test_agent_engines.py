@@ -315,7 +315,7 @@ async def test_image_that_disappears_mid_pull_fails_as_gone_and_others_still_arr
             report = await asyncio.wait_for(round_task, 120)
 
             gone, kept = _record(agent, gone_repo), _record(agent, kept_repo)
-            assert kept.state is ImageState.PRESENT
+            assert kept.state is ImageState.PRESENT, kept.last_error
             assert gone.state is ImageState.FAILED, agent.status()
             assert gone.last_error_reason == "not_found", gone.last_error
             assert report.failed == (gone.image,)

@@ -348,7 +348,11 @@ class NodeAgent:
                 self.engine_version = await self.engine.version()
                 log.info("engine: %s", self.engine_version)
             await asyncio.gather(*(self._resolve(record) for record in self.records))
-            pulls = [self._ensure(record, pulled, skipped, removed) for record in self.records]
+            order = _InOrder(len(self.records))
+            pulls = [
+                self._ensure(record, order.turn(index), pulled, skipped, removed)
+                for index, record in enumerate(self.records)
+            ]
             await self._with_view(asyncio.gather(*pulls))
         finally:
             self.round_running = False
@@ -410,18 +414,27 @@ class NodeAgent:
             self._round_task.cancel()
 
     async def _resolve(self, record: ImageRecord) -> None:
-        try:
-            resolution = await self.resolver.resolve(
-                record.reference, platform=self.settings.platform
-            )
-        except RegistryError as error:
-            record.last_error = str(error)
-            record.last_error_reason = type(error).__name__
-            # A registry that is down leaves the last digest standing (the node may hold it);
-            # a definite answer (gone, refused) means there is nothing to pull any more.
-            if record.digest is None or not error.temporary:
-                record.state = ImageState.UNRESOLVED
-            log.warning("%s: cannot resolve: %s", record.image, error)
+        for attempt in range(self.settings.retries + 1):
+            try:
+                resolution = await self.resolver.resolve(
+                    record.reference, platform=self.settings.platform
+                )
+                break
+            except RegistryError as error:
+                if error.temporary and attempt < self.settings.retries:
+                    # A registry's passing 5xx or rate limit should not cost a whole interval.
+                    log.info("%s: resolving failed temporarily: %s", record.image, error)
+                    if await self._backoff(attempt):
+                        continue
+                record.last_error = str(error)
+                record.last_error_reason = type(error).__name__
+                # A registry that is down leaves the last digest standing (the node may hold
+                # it); a definite answer (gone, refused) means there is nothing to pull.
+                if record.digest is None or not error.temporary:
+                    record.state = ImageState.UNRESOLVED
+                log.warning("%s: cannot resolve: %s", record.image, error)
+                return
+        else:  # unreachable: the last attempt either breaks or returns
             return
         if record.digest is not None and resolution.digest != record.digest:
             log.info("%s moved: %s -> %s", record.image, record.digest[:19], resolution.digest[:19])
@@ -448,21 +461,32 @@ class NodeAgent:
         )
 
     async def _ensure(
-        self, record: ImageRecord, pulled: list[str], skipped: list[str], removed: list[str]
+        self,
+        record: ImageRecord,
+        turn: _Turn,
+        pulled: list[str],
+        skipped: list[str],
+        removed: list[str],
     ) -> None:
-        if record.digest is None or record.state is ImageState.UNRESOLVED:
-            return
-        target = self._target(record, record.digest)
-        # Two tags of one image (``:latest`` and ``:2023.09.12``) resolve to one pinned
-        # reference: the second waits for the first and then finds it present.
-        lock = self._pull_locks.setdefault(target.pinned, asyncio.Lock())
-        async with lock:
-            await self._ensure_locked(record, target, pulled, skipped, removed)
+        try:
+            if record.digest is None or record.state is ImageState.UNRESOLVED:
+                return
+            target = self._target(record, record.digest)
+            # Two tags of one image (``:latest`` and ``:2023.09.12``) resolve to one pinned
+            # reference: the second waits for the first and then finds it present.
+            lock = self._pull_locks.setdefault(target.pinned, asyncio.Lock())
+            if lock.locked():
+                turn.pass_on()  # waiting here must not hold up the images after this one
+            async with lock:
+                await self._ensure_locked(record, target, turn, pulled, skipped, removed)
+        finally:
+            turn.pass_on()
 
     async def _ensure_locked(
         self,
         record: ImageRecord,
         target: PullTarget,
+        turn: _Turn,
         pulled: list[str],
         skipped: list[str],
         removed: list[str],
@@ -480,16 +504,20 @@ class NodeAgent:
             record.last_error = record.last_error_reason = None
         else:
             record.state = ImageState.QUEUED
-            if await self._pull_with_retries(record, target):
+            if await self._pull_with_retries(record, target, turn):
                 pulled.append(target.pinned)
         if record.state is ImageState.PRESENT and self.settings.remove_replaced:
             removed.extend(await self._remove_replaced(record))
 
-    async def _pull_with_retries(self, record: ImageRecord, target: PullTarget) -> bool:
+    async def _pull_with_retries(
+        self, record: ImageRecord, target: PullTarget, turn: _Turn
+    ) -> bool:
         pool = self.settings.pool
         record.attempts = 0
+        await turn.wait()
         for attempt in range(self.settings.retries + 1):
             record.attempts += 1
+            turn.pass_on()  # no await until the slot is queued for: slots go in pool order
             async with self._slots:
                 record.state = ImageState.PULLING
                 record.reset_progress()
@@ -511,27 +539,28 @@ class NodeAgent:
                     self._active_pulls -= 1
             if not temporary or attempt == self.settings.retries:
                 break
-            delay = min(
-                self.settings.retry_max_seconds, self.settings.retry_base_seconds * 2**attempt
-            )
-            delay *= random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not cryptography
             record.state = ImageState.RETRYING
             log.warning(
-                "%s failed temporarily (%s), attempt %d of %d; retrying in %.1fs",
+                "%s failed temporarily (%s), attempt %d of %d",
                 target.pinned,
                 record.last_error_reason,
                 attempt + 1,
                 self.settings.retries + 1,
-                delay,
             )
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), delay)
-            if self._stop.is_set():
+            if not await self._backoff(attempt):
                 break
         record.state = ImageState.FAILED
         self.metrics.image_pulls_total.labels(pool, "failure").inc()
         log.error("%s not pulled: %s", target.pinned, record.last_error)
         return False
+
+    async def _backoff(self, attempt: int) -> bool:
+        """Wait before retry number ``attempt + 1``; False when the agent is stopping."""
+        delay = min(self.settings.retry_max_seconds, self.settings.retry_base_seconds * 2**attempt)
+        delay *= random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not cryptography
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), delay)
+        return not self._stop.is_set()
 
     def _progress(
         self, record: ImageRecord, counted: list[int], done: int, total: int | None
@@ -680,6 +709,34 @@ class NodeAgent:
 
 
 STATUS_KEY = web.AppKey("agent", NodeAgent)
+
+
+class _Turn:
+    """One image's place in :class:`_InOrder`."""
+
+    def __init__(self, previous: asyncio.Event | None, own: asyncio.Event) -> None:
+        self._previous, self._own = previous, own
+
+    async def wait(self) -> None:
+        """Until every image before this one has queued for a slot or needs none."""
+        if self._previous is not None:
+            await self._previous.wait()
+
+    def pass_on(self) -> None:
+        """Let the next image queue (idempotent)."""
+        self._own.set()
+
+
+class _InOrder:
+    """Pull slots go in pool order (configured priority), although presence checks end in
+    any order: each image queues for a slot only after the one before it did, or needed none.
+    """
+
+    def __init__(self, count: int) -> None:
+        self._events = [asyncio.Event() for _ in range(count)]
+
+    def turn(self, index: int) -> _Turn:
+        return _Turn(self._events[index - 1] if index else None, self._events[index])
 
 
 async def _status_handler(request: web.Request) -> web.Response:
