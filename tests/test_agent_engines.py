@@ -564,8 +564,9 @@ async def test_shared_layers_are_not_counted_twice(
             base_repo: base.manifest_for("linux/amd64").size_bytes,
             extended_repo: extended.manifest_for("linux/amd64").size_bytes,
         }
-        # Either may win the pull slot; the one pulled second finds the shared layers.
+        # One slot, taken in pool order: the second image finds the shared layers.
         first, second = sorted(records, key=lambda repo: records[repo].last_pulled_at or 0)
+        assert (first, second) == (base_repo, extended_repo)
         assert records[first].last_pull_bytes == sizes[first]
         counted = records[second].last_pull_bytes
         assert counted is not None
