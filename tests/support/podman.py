@@ -47,8 +47,12 @@ class PodmanUnavailableError(RuntimeError):
     """podman is not installed or its service did not start (tests fail, never skip)."""
 
 
-def containers_conf(nofile_limit: int) -> str:
-    """``containers.conf`` that lets containers and pulls work in this sandbox."""
+def containers_conf(nofile_limit: int, tmp_dir: Path) -> str:
+    """``containers.conf`` that lets containers and pulls work in this sandbox.
+
+    ``tmp_dir`` replaces ``/run/libpod``, which every root podman on the machine shares
+    (image builds of other tests included) for its reboot detection and event log.
+    """
     return (
         "[containers]\n"
         f'default_ulimits = ["nofile={nofile_limit}:{nofile_limit}", "nproc=32768:32768"]\n'
@@ -56,6 +60,7 @@ def containers_conf(nofile_limit: int) -> str:
         "\n[engine]\n"
         'cgroup_manager = "cgroupfs"\n'
         'events_logger = "file"\n'
+        f'tmp_dir = "{tmp_dir}"\n'
     )
 
 
@@ -175,7 +180,8 @@ def write_config(root: Path, *, driver: str = "overlay") -> dict[str, str]:
     """Write the three config files under ``root``; return the environment using them."""
     for sub in ("graph", "run", "xdg-run", "xdg-config", "tmp"):
         (root / sub).mkdir(parents=True, exist_ok=True)
-    (root / "containers.conf").write_text(containers_conf(hard_nofile_limit()))
+    (root / "libpod-tmp").mkdir(exist_ok=True)
+    (root / "containers.conf").write_text(containers_conf(hard_nofile_limit(), root / "libpod-tmp"))
     (root / "registries.conf").write_text(registries_conf())
     (root / "storage.conf").write_text(storage_conf(root, driver))
     (root / "auth.json").write_text('{"auths": {}}\n')
