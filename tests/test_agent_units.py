@@ -12,13 +12,8 @@ import pytest
 from rich.console import Console
 
 from imagewarden.errors import ConfigError, ImagePullError
-from imagewarden.prepull.agent import (
-    AgentSettings,
-    ImageRecord,
-    ImageState,
-    NodeAgent,
-    ProgressDisplay,
-)
+from imagewarden.prepull.agent import AgentSettings, ImageRecord, ImageState, NodeAgent
+from imagewarden.prepull.agent_cli import ProgressDisplay
 from imagewarden.prepull.engines import (
     EngineKind,
     PullTarget,
