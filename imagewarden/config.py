@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import enum
 import os
-import reprlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import yaml
 from yarl import URL
 
+from imagewarden import _values as values
 from imagewarden.errors import ConfigError, PolicyPatternError
 from imagewarden.policy import PolicyMode, PolicySet, ProfilePolicy
 
@@ -145,48 +145,20 @@ DEFAULT_SETTINGS = Settings()
 # --- strict readers: each one names the key path of what it rejects -------------------------
 
 
-_SHOWN = reprlib.Repr()
-_SHOWN.maxlevel = 2
-_SHOWN.maxstring = _SHOWN.maxother = 200
-_SHOWN.maxlist = _SHOWN.maxdict = _SHOWN.maxtuple = _SHOWN.maxset = 4
-
-
-def _shown(value: object) -> str:
-    # Bounded repr: a YAML alias bomb is a small graph of shared lists whose full repr would
-    # be billions of items long.
-    text = repr(value) if isinstance(value, str) else _SHOWN.repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-def _mapping(data: object, key_path: str) -> Mapping[str, Any]:
-    if data is None:
-        return {}
-    if not isinstance(data, Mapping):
-        raise ConfigError(key_path, f"expected a mapping, got {type(data).__name__} {_shown(data)}")
-    for key in data:
-        if not isinstance(key, str):
-            raise ConfigError(key_path, f"keys must be strings, got {_shown(key)}")
-    return data
+def _section(data: object, key_path: str) -> Mapping[str, Any]:
+    """A mapping; an absent or empty section (``checker:`` with no value) is an empty one."""
+    return {} if data is None else values.mapping(data, key_path)
 
 
 def _check_keys(data: Mapping[str, Any], key_path: str, known: set[str]) -> None:
-    unknown = sorted(set(data) - known)
-    if unknown:
-        prefix = f"{key_path}." if key_path else ""
-        raise ConfigError(
-            f"{prefix}{unknown[0]}",
-            f"unknown key; known keys here: {', '.join(sorted(known))}",
-        )
+    values.known_keys(data, key_path, sorted(known))
 
 
-def _string(data: object, key_path: str, *, max_length: int = 4096) -> str:
-    if not isinstance(data, str):
-        raise ConfigError(key_path, f"expected a string, got {type(data).__name__} {_shown(data)}")
-    if len(data) > max_length:
-        raise ConfigError(key_path, f"is {len(data)} characters long; at most {max_length}")
-    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in data):
-        raise ConfigError(key_path, f"{_shown(data)} contains a control character")
-    return data
+def _string(data: object, key_path: str, *, max_chars: int = 4096) -> str:
+    text = values.string(data, key_path, max_chars=max_chars)
+    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in text):
+        raise ConfigError(key_path, f"{values.shown(text)} contains a control character")
+    return text
 
 
 def _optional_string(data: object, key_path: str) -> str | None:
@@ -196,16 +168,13 @@ def _optional_string(data: object, key_path: str) -> str | None:
 def _string_list(data: object, key_path: str, *, max_items: int = 10000) -> tuple[str, ...]:
     if data is None:
         return ()
-    if not isinstance(data, list):
-        raise ConfigError(key_path, f"expected a list, got {type(data).__name__} {_shown(data)}")
-    if len(data) > max_items:
-        raise ConfigError(key_path, f"has {len(data)} items; at most {max_items}")
-    return tuple(_string(item, f"{key_path}[{index}]") for index, item in enumerate(data))
+    items = values.sequence(data, key_path, max_items=max_items)
+    return tuple(_string(item, f"{key_path}[{index}]") for index, item in enumerate(items))
 
 
 def _number(data: object, key_path: str, *, minimum: float, maximum: float) -> float:
     if isinstance(data, bool) or not isinstance(data, int | float):
-        raise ConfigError(key_path, f"expected a number, got {type(data).__name__} {_shown(data)}")
+        raise ConfigError(key_path, f"must be a number, got {values.got(data)}")
     if not minimum <= data <= maximum:
         raise ConfigError(key_path, f"{data} is out of range; use {minimum} to {maximum}")
     return float(data)
@@ -213,9 +182,7 @@ def _number(data: object, key_path: str, *, minimum: float, maximum: float) -> f
 
 def _integer(data: object, key_path: str, *, minimum: int, maximum: int) -> int:
     if isinstance(data, bool) or not isinstance(data, int):
-        raise ConfigError(
-            key_path, f"expected a whole number, got {type(data).__name__} {_shown(data)}"
-        )
+        raise ConfigError(key_path, f"must be a whole number, got {values.got(data)}")
     if not minimum <= data <= maximum:
         raise ConfigError(key_path, f"{data} is out of range; use {minimum} to {maximum}")
     return data
@@ -224,19 +191,19 @@ def _integer(data: object, key_path: str, *, minimum: int, maximum: int) -> int:
 def _enum(data: object, key_path: str, enum_type: type[_EnumT]) -> _EnumT:
     choices = [member.value for member in enum_type]
     if not isinstance(data, str) or data not in choices:
-        raise ConfigError(key_path, f"{_shown(data)} is not one of: {', '.join(choices)}")
+        raise ConfigError(key_path, f"{values.shown(data)} is not one of: {', '.join(choices)}")
     return enum_type(data)
 
 
 def _endpoint(data: object, key_path: str) -> str:
-    text = _string(data, key_path, max_length=2048)
+    text = _string(data, key_path, max_chars=2048)
     try:
         url = URL(text)
     except ValueError as error:
-        raise ConfigError(key_path, f"{_shown(text)} is not a URL: {error}") from None
+        raise ConfigError(key_path, f"{values.shown(text)} is not a URL: {error}") from None
     if url.scheme not in ("http", "https") or not url.host:
         raise ConfigError(
-            key_path, f"{_shown(text)} must be an http:// or https:// URL with a host"
+            key_path, f"{values.shown(text)} must be an http:// or https:// URL with a host"
         )
     if url.user or url.password:
         raise ConfigError(
@@ -244,12 +211,12 @@ def _endpoint(data: object, key_path: str) -> str:
             "credentials do not belong in the endpoint URL; use username and password_file",
         )
     if url.query_string or url.fragment:
-        raise ConfigError(key_path, f"{_shown(text)} must not have a query or fragment")
+        raise ConfigError(key_path, f"{values.shown(text)} must not have a query or fragment")
     return str(url).rstrip("/")
 
 
 def _platform(data: object, key_path: str) -> str:
-    text = _string(data, key_path, max_length=64)
+    text = _string(data, key_path, max_chars=64)
     parts = text.split("/")
     if (
         len(parts) < _PLATFORM_PARTS
@@ -257,7 +224,8 @@ def _platform(data: object, key_path: str) -> str:
         or not all(part.isascii() and part.isalnum() for part in parts)
     ):
         raise ConfigError(
-            key_path, f"{_shown(text)} is not a platform; write os/arch[/variant], e.g. linux/amd64"
+            key_path,
+            f"{values.shown(text)} is not a platform; write os/arch[/variant], e.g. linux/amd64",
         )
     return text
 
@@ -271,13 +239,13 @@ def _rules(data: object, key_path: str) -> tuple[str, ...]:
             compile_rule(rule)
         except PolicyPatternError as error:
             raise ConfigError(
-                f"{key_path}[{index}]", f"{_shown(rule)} is not a valid pattern: {error}"
+                f"{key_path}[{index}]", f"{values.shown(rule)} is not a valid pattern: {error}"
             ) from None
     return rules
 
 
 def _registry(data: object, key_path: str) -> RegistrySettings:
-    section = _mapping(data, key_path)
+    section = _section(data, key_path)
     _check_keys(section, key_path, {"endpoint", "username", "password_file"})
     username = _optional_string(section.get("username"), f"{key_path}.username")
     password_file = _optional_string(section.get("password_file"), f"{key_path}.password_file")
@@ -300,15 +268,16 @@ def _registry_host(host: str, key_path: str) -> str:
         rule = compile_rule(f"{host}/x")
     except PolicyPatternError:
         raise ConfigError(
-            key_path, f"{_shown(host)} is not a registry host such as quay.io or 127.0.0.1:5000"
+            key_path,
+            f"{values.shown(host)} is not a registry host such as quay.io or 127.0.0.1:5000",
         ) from None
     return rule.host
 
 
 def _profile(data: object, key_path: str) -> ProfileSettings:
-    section = _mapping(data, key_path)
+    section = _section(data, key_path)
     _check_keys(section, key_path, {"platform", "policy"})
-    policy = _mapping(section.get("policy"), f"{key_path}.policy")
+    policy = _section(section.get("policy"), f"{key_path}.policy")
     _check_keys(policy, f"{key_path}.policy", {"allow", "deny", "mode"})
     mode = policy.get("mode")
     return ProfileSettings(
@@ -324,7 +293,7 @@ def _profile(data: object, key_path: str) -> ProfileSettings:
 
 
 def _checker(data: object, key_path: str) -> CheckerSettings:
-    section = _mapping(data, key_path)
+    section = _section(data, key_path)
     defaults = CheckerSettings()
     _check_keys(section, key_path, set(CheckerSettings.__dataclass_fields__))
 
@@ -357,11 +326,11 @@ def _checker(data: object, key_path: str) -> CheckerSettings:
 
 
 def _service(data: object, key_path: str) -> ServiceSettings:
-    section = _mapping(data, key_path)
+    section = _section(data, key_path)
     defaults = ServiceSettings()
     _check_keys(section, key_path, set(ServiceSettings.__dataclass_fields__))
     return ServiceSettings(
-        host=_string(section.get("host", defaults.host), f"{key_path}.host", max_length=255),
+        host=_string(section.get("host", defaults.host), f"{key_path}.host", max_chars=255),
         port=_integer(
             section.get("port", defaults.port), f"{key_path}.port", minimum=0, maximum=65535
         ),
@@ -385,7 +354,7 @@ def parse_settings(data: object) -> Settings:
     """Build :class:`Settings` from the parsed YAML document (a mapping, or None for empty)."""
     from imagewarden.prepull.pools import parse_prepull
 
-    top = _mapping(data, "")
+    top = _section(data, "")
     _check_keys(
         top,
         "",
@@ -393,7 +362,7 @@ def parse_settings(data: object) -> Settings:
     )
     registries: dict[str, RegistrySettings] = {}
     spelled: dict[str, str] = {}
-    for host, registry in _mapping(top.get("registries"), "registries").items():
+    for host, registry in _section(top.get("registries"), "registries").items():
         key_path = f"registries.{host}"
         normalized = _registry_host(host, key_path)
         if normalized in spelled:
@@ -401,24 +370,24 @@ def parse_settings(data: object) -> Settings:
             # whichever came last would silently drop the other's settings.
             raise ConfigError(
                 key_path,
-                f"{_shown(host)} is the same registry as registries.{spelled[normalized]}; "
+                f"{values.shown(host)} is the same registry as registries.{spelled[normalized]}; "
                 "merge the two entries",
             )
         spelled[normalized] = host
         registries[normalized] = _registry(registry, key_path)
 
-    credentials = _mapping(top.get("credentials"), "credentials")
+    credentials = _section(top.get("credentials"), "credentials")
     _check_keys(credentials, "credentials", {"docker_config", "dockerconfigjson_files"})
 
-    policy = _mapping(top.get("policy"), "policy")
+    policy = _section(top.get("policy"), "policy")
     _check_keys(policy, "policy", {"allow", "deny"})
     allow = (
         DEFAULT_SETTINGS.allow if "allow" not in policy else _rules(policy["allow"], "policy.allow")
     )
 
     profiles = {
-        _string(name, "profiles", max_length=255): _profile(profile, f"profiles.{name}")
-        for name, profile in _mapping(top.get("profiles"), "profiles").items()
+        _string(name, "profiles", max_chars=255): _profile(profile, f"profiles.{name}")
+        for name, profile in _section(top.get("profiles"), "profiles").items()
     }
     return Settings(
         registries=registries,

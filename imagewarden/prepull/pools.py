@@ -29,6 +29,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from imagewarden import _values as values
 from imagewarden.errors import ConfigError, InvalidReference
 from imagewarden.reference import parse
 
@@ -182,51 +183,8 @@ class PrepullConfig:
 # Generic checks: each takes the value and its key path and raises ConfigError on misuse.
 
 
-def _type_name(value: object) -> str:
-    names = {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean"}
-    if value is None:
-        return "null"
-    return names.get(type(value), type(value).__name__)
-
-
-def _mapping(value: object, key_path: str) -> Mapping[str, Json]:
-    if not isinstance(value, Mapping):
-        raise ConfigError(key_path, f"must be a mapping, got {_type_name(value)}")
-    for key in value:
-        if not isinstance(key, str):
-            raise ConfigError(key_path, f"keys must be strings, got {key!r}")
-    return value
-
-
-def _known_keys(value: Mapping[str, Json], key_path: str, allowed: Sequence[str]) -> None:
-    for key in value:
-        if key not in allowed:
-            raise ConfigError(
-                _child(key_path, key),
-                f"unknown key; expected one of: {', '.join(allowed)}",
-            )
-
-
-def _list(value: object, key_path: str, *, max_items: int) -> Sequence[Json]:
-    if not isinstance(value, list):
-        raise ConfigError(key_path, f"must be a list, got {_type_name(value)}")
-    if len(value) > max_items:
-        raise ConfigError(key_path, f"has {len(value)} items; at most {max_items} are allowed")
-    return value
-
-
 def _string(value: object, key_path: str, *, max_chars: int = MAX_STRING_CHARS) -> str:
-    if not isinstance(value, str):
-        raise ConfigError(key_path, f"must be a string, got {_type_name(value)}")
-    if len(value) > max_chars:
-        raise ConfigError(key_path, f"is {len(value)} characters long; at most {max_chars} allowed")
-    return value
-
-
-def _child(key_path: str, key: str) -> str:
-    simple = re.fullmatch(r"[A-Za-z0-9_-]+", key) is not None
-    shown = key if simple else json.dumps(key[:80])
-    return f"{key_path}.{shown}" if simple else f"{key_path}[{shown}]"
+    return values.string(value, key_path, max_chars=max_chars)
 
 
 def _check_size(value: object, key_path: str) -> None:
@@ -249,11 +207,11 @@ def _check_size(value: object, key_path: str) -> None:
             for key, sub in item.items():
                 if not isinstance(key, str):
                     raise ConfigError(path, f"keys must be strings, got {key!r}")
-                stack.append((sub, _child(path, key), depth + 1))
+                stack.append((sub, values.child(path, key), depth + 1))
         elif isinstance(item, list):
             stack.extend((sub, f"{path}[{index}]", depth + 1) for index, sub in enumerate(item))
         elif item is not None and not isinstance(item, bool | int | float):
-            raise ConfigError(path, f"must be plain YAML data, got {_type_name(item)}")
+            raise ConfigError(path, f"must be plain YAML data, got {values.type_name(item)}")
 
 
 def _dns_label(value: object, key_path: str, *, max_chars: int = 63, what: str = "name") -> str:
@@ -300,18 +258,20 @@ def _label_value(value: object, key_path: str) -> str:
 
 
 def _node_selector(value: object, key_path: str) -> dict[str, str]:
-    mapping = _mapping(value, key_path)
+    mapping = values.mapping(value, key_path)
     result: dict[str, str] = {}
     for key, label in mapping.items():
-        path = _child(key_path, key)
+        path = values.child(key_path, key)
         _label_key(key, path)
         result[key] = _label_value(label, path)
     return result
 
 
 def _toleration(value: object, key_path: str) -> dict[str, Json]:
-    mapping = _mapping(value, key_path)
-    _known_keys(mapping, key_path, ("key", "operator", "value", "effect", "tolerationSeconds"))
+    mapping = values.mapping(value, key_path)
+    values.known_keys(
+        mapping, key_path, ("key", "operator", "value", "effect", "tolerationSeconds")
+    )
     result: dict[str, Json] = {}
     if "key" in mapping:
         key = _string(mapping["key"], f"{key_path}.key")
@@ -350,7 +310,7 @@ def _toleration(value: object, key_path: str) -> dict[str, Json]:
 
 
 def _tolerations(value: object, key_path: str) -> tuple[dict[str, Json], ...]:
-    items = _list(value, key_path, max_items=64)
+    items = values.sequence(value, key_path, max_items=64)
     return tuple(_toleration(item, f"{key_path}[{i}]") for i, item in enumerate(items))
 
 
@@ -367,20 +327,20 @@ def _json_copy(mapping: Mapping[str, Json]) -> dict[str, Json]:
 
 
 def _affinity(value: object, key_path: str) -> dict[str, Json]:
-    mapping = _mapping(value, key_path)
-    _known_keys(mapping, key_path, _AFFINITY_KEYS)
+    mapping = values.mapping(value, key_path)
+    values.known_keys(mapping, key_path, _AFFINITY_KEYS)
     for key, sub in mapping.items():
-        _mapping(sub, f"{key_path}.{key}")
+        values.mapping(sub, f"{key_path}.{key}")
     return _json_copy(mapping)
 
 
 def _node_selector_terms(value: object, key_path: str) -> tuple[dict[str, Json], ...]:
-    items = _list(value, key_path, max_items=64)
+    items = values.sequence(value, key_path, max_items=64)
     terms: list[dict[str, Json]] = []
     for index, item in enumerate(items):
         path = f"{key_path}[{index}]"
-        term = _mapping(item, path)
-        _known_keys(term, path, ("matchExpressions", "matchFields"))
+        term = values.mapping(item, path)
+        values.known_keys(term, path, ("matchExpressions", "matchFields"))
         terms.append(_json_copy(term))
     return tuple(terms)
 
@@ -402,7 +362,7 @@ def _platform(value: object, key_path: str) -> str:
 
 def _positive_seconds(value: object, key_path: str, *, minimum: float) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigError(key_path, f"must be a number of seconds, got {_type_name(value)}")
+        raise ConfigError(key_path, f"must be a number of seconds, got {values.type_name(value)}")
     if not minimum <= value <= 7 * 24 * 3600:
         raise ConfigError(key_path, f"must be between {minimum:g} and 604800 seconds, got {value}")
     return float(value)
@@ -451,12 +411,12 @@ _POOL_KEYS: Final = (
 
 
 def _parse_pool(name: str, value: object, key_path: str) -> Pool:
-    mapping = _mapping(value, key_path)
-    _known_keys(mapping, key_path, _POOL_KEYS)
+    mapping = values.mapping(value, key_path)
+    values.known_keys(mapping, key_path, _POOL_KEYS)
     images_path = f"{key_path}.images"
     if "images" not in mapping:
         raise ConfigError(images_path, "is required (the images this pool pre-pulls)")
-    raw_images = _list(mapping["images"], images_path, max_items=MAX_IMAGES_PER_POOL)
+    raw_images = values.sequence(mapping["images"], images_path, max_items=MAX_IMAGES_PER_POOL)
     images: list[str] = []
     first_index: dict[str, int] = {}
     for index, raw in enumerate(raw_images):
@@ -597,19 +557,19 @@ def _apply_override(
 
 def _check_override(value: object, key_path: str) -> Mapping[str, Json]:
     """Type-check the overrides we read; other KubeSpawner settings are KubeSpawner's business."""
-    override = _mapping(value, key_path)
+    override = values.mapping(value, key_path)
     for name in ("image", "image_spec"):
         if name in override and override[name] is not None:
             _string(override[name], f"{key_path}.{name}", max_chars=1024)
     if override.get("node_selector") is not None:
-        selector = _mapping(override["node_selector"], f"{key_path}.node_selector")
+        selector = values.mapping(override["node_selector"], f"{key_path}.node_selector")
         for key, label in selector.items():
             if label is not None:
-                _string(label, _child(f"{key_path}.node_selector", key))
+                _string(label, values.child(f"{key_path}.node_selector", key))
     if override.get("tolerations") is not None:
-        _list(override["tolerations"], f"{key_path}.tolerations", max_items=64)
+        values.sequence(override["tolerations"], f"{key_path}.tolerations", max_items=64)
     if override.get("node_affinity_required") is not None:
-        _list(
+        values.sequence(
             override["node_affinity_required"], f"{key_path}.node_affinity_required", max_items=64
         )
     return override
@@ -623,15 +583,15 @@ def _slugify(display_name: str) -> str:
 def _profile_entries(value: object, key_path: str) -> Iterator[tuple[str, Mapping[str, Json]]]:
     """Profiles as (key path, mapping); ``profile_list`` may be a list or a dict keyed by slug."""
     if isinstance(value, list):
-        items = _list(value, key_path, max_items=256)
+        items = values.sequence(value, key_path, max_items=256)
         for index, item in enumerate(items):
-            yield f"{key_path}[{index}]", _mapping(item, f"{key_path}[{index}]")
+            yield f"{key_path}[{index}]", values.mapping(item, f"{key_path}[{index}]")
     else:
-        mapping = _mapping(value, key_path)
+        mapping = values.mapping(value, key_path)
         if len(mapping) > 256:
             raise ConfigError(key_path, f"has {len(mapping)} profiles; at most 256 are allowed")
         for key, item in mapping.items():
-            yield _child(key_path, key), _mapping(item, _child(key_path, key))
+            yield values.child(key_path, key), values.mapping(item, values.child(key_path, key))
 
 
 def _profile_alternatives(
@@ -639,21 +599,23 @@ def _profile_alternatives(
 ) -> list[tuple[str, list[_Alternative]]]:
     result: list[tuple[str, list[_Alternative]]] = []
     for option_name, raw_option in options.items():
-        option_path = _child(key_path, option_name)
-        option = _mapping(raw_option, option_path)
-        _known_keys(option, option_path, _OPTION_KEYS)
+        option_path = values.child(key_path, option_name)
+        option = values.mapping(raw_option, option_path)
+        values.known_keys(option, option_path, _OPTION_KEYS)
         alternatives: list[_Alternative] = []
-        choices = _mapping(_get(option, "choices", {}), f"{option_path}.choices")
+        choices = values.mapping(_get(option, "choices", {}), f"{option_path}.choices")
         for choice_name, raw_choice in choices.items():
-            choice_path = _child(f"{option_path}.choices", choice_name)
-            choice = _mapping(raw_choice, choice_path)
-            _known_keys(choice, choice_path, _CHOICE_KEYS)
+            choice_path = values.child(f"{option_path}.choices", choice_name)
+            choice = values.mapping(raw_choice, choice_path)
+            values.known_keys(choice, choice_path, _CHOICE_KEYS)
             override = _check_override(
                 _get(choice, "kubespawner_override", {}), f"{choice_path}.kubespawner_override"
             )
             alternatives.append(_Alternative(f"{option_name}.{choice_name}", override, choice_path))
-        unlisted = _mapping(_get(option, "unlisted_choice", {}), f"{option_path}.unlisted_choice")
-        _known_keys(unlisted, f"{option_path}.unlisted_choice", _UNLISTED_KEYS)
+        unlisted = values.mapping(
+            _get(option, "unlisted_choice", {}), f"{option_path}.unlisted_choice"
+        )
+        values.known_keys(unlisted, f"{option_path}.unlisted_choice", _UNLISTED_KEYS)
         if unlisted.get("enabled"):
             unlisted_path = f"{option_path}.unlisted_choice"
             override = _check_override(
@@ -668,8 +630,8 @@ def _profile_alternatives(
 
 
 def _parse_defaults(value: object, key_path: str) -> KubeSpawnerDefaults:
-    mapping = _mapping(value, key_path)
-    _known_keys(mapping, key_path, _DEFAULTS_KEYS)
+    mapping = values.mapping(value, key_path)
+    values.known_keys(mapping, key_path, _DEFAULTS_KEYS)
     return KubeSpawnerDefaults(
         image=(
             _image(mapping["image"], f"{key_path}.image")
@@ -746,7 +708,7 @@ def derive_profile_pools(
     placements: list[Placement] = []
 
     for profile_path, profile in _profile_entries(profile_list, key_path):
-        _known_keys(profile, profile_path, _PROFILE_KEYS)
+        values.known_keys(profile, profile_path, _PROFILE_KEYS)
         if "slug" in profile:
             slug = _string(profile["slug"], f"{profile_path}.slug", max_chars=256)
         else:
@@ -774,7 +736,7 @@ def derive_profile_pools(
             profile_override_path,
         )
         options = _profile_alternatives(
-            _mapping(_get(profile, "profile_options", {}), f"{profile_path}.profile_options"),
+            values.mapping(_get(profile, "profile_options", {}), f"{profile_path}.profile_options"),
             f"{profile_path}.profile_options",
         )
         combinations = 1
@@ -881,17 +843,17 @@ def parse_prepull(data: object, key_path: str = "prepull") -> PrepullConfig:
     if data is None:
         return PrepullConfig()
     _check_size(data, key_path)
-    section = _mapping(data, key_path)
-    _known_keys(section, key_path, _TOP_KEYS)
+    section = values.mapping(data, key_path)
+    values.known_keys(section, key_path, _TOP_KEYS)
 
     pools_path = f"{key_path}.pools"
-    raw_pools = _mapping(_get(section, "pools", {}), pools_path)
+    raw_pools = values.mapping(_get(section, "pools", {}), pools_path)
     if len(raw_pools) > MAX_POOLS:
         raise ConfigError(pools_path, f"has {len(raw_pools)} pools; at most {MAX_POOLS} allowed")
     pools: dict[str, Pool] = {}
     seen_keys: dict[str, str] = {}
     for name, raw_pool in raw_pools.items():
-        pool_path = _child(pools_path, name)
+        pool_path = values.child(pools_path, name)
         _dns_label(name, pool_path, max_chars=POOL_NAME_MAX_CHARS, what="pool name")
         pool = _parse_pool(name, raw_pool, pool_path)
         key = _pool_key(pool)
@@ -925,7 +887,7 @@ def parse_prepull(data: object, key_path: str = "prepull") -> PrepullConfig:
         )
 
     secrets_path = f"{key_path}.image_pull_secrets"
-    secrets = _list(_get(section, "image_pull_secrets", []), secrets_path, max_items=32)
+    secrets = values.sequence(_get(section, "image_pull_secrets", []), secrets_path, max_items=32)
     return PrepullConfig(
         namespace=(
             _dns_label(section["namespace"], f"{key_path}.namespace", what="namespace")
