@@ -52,6 +52,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from tests.support.background import BackgroundLoop
+
 MAX_HEAD_BYTES = 64 * 1024
 """Request and response heads larger than this are cut off (no registry sends one)."""
 UPSTREAM_TIMEOUT_SECONDS = 30.0
@@ -191,8 +193,7 @@ class FaultProxy:
         self.handshakes = 0
         """TLS handshakes that succeeded (a client that distrusts the certificate fails it)."""
         self.requests: list[SeenRequest] = []
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
+        self._background = BackgroundLoop(name)
         self._server: asyncio.Server | None = None
         self._lock = threading.Lock()
         self._hang = asyncio.Event()
@@ -212,45 +213,12 @@ class FaultProxy:
 
     def start(self) -> FaultProxy:
         """Bind (a free port unless one was given) and serve from a background thread."""
-        if self._thread is not None:
-            raise RuntimeError(f"{self.name} already started")
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        ready = threading.Event()
-        errors: list[BaseException] = []
-
-        def run() -> None:
-            asyncio.set_event_loop(loop)
-            try:
-                loop.run_until_complete(self._listen())
-            except BaseException as error:  # surfaced to start()'s caller
-                errors.append(error)
-                ready.set()
-                loop.close()
-                return
-            ready.set()
-            try:
-                loop.run_forever()
-            finally:
-                loop.run_until_complete(self._shutdown())
-                loop.close()
-
-        self._thread = threading.Thread(target=run, name=self.name, daemon=True)
-        self._thread.start()
-        if not ready.wait(10) or errors:
-            self.stop()
-            raise RuntimeError(f"{self.name} failed to start") from (errors[0] if errors else None)
+        self._background.start(self._listen, self._shutdown)
         return self
 
     def stop(self) -> None:
         """Stop serving and join the thread (idempotent)."""
-        loop, thread = self._loop, self._thread
-        self._loop = self._thread = None
-        if loop is None or thread is None:
-            return
-        if not loop.is_closed():
-            loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
+        self._background.stop()
 
     def __enter__(self) -> FaultProxy:
         return self.start()
@@ -279,7 +247,7 @@ class FaultProxy:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     def _call(self, coroutine: Coroutine[Any, Any, None]) -> None:
-        loop = self._loop
+        loop = self._background.loop
         if loop is None:
             coroutine.close()
             raise RuntimeError(f"{self.name} is not running")
@@ -307,8 +275,8 @@ class FaultProxy:
         """Apply ``plan`` inside the ``with`` block; normal service is restored on exit."""
         with self._lock:
             self.plan = plan
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._hang.clear)
+        if self._background.loop is not None:
+            self._background.loop.call_soon_threadsafe(self._hang.clear)
         try:
             yield plan
         finally:
@@ -318,8 +286,8 @@ class FaultProxy:
         """Back to forwarding everything; hung requests are released (and reset)."""
         with self._lock:
             self.plan = FaultPlan(FaultKind.PASS)
-        if self._loop is not None and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(self._hang.set)
+        if self._background.loop is not None and not self._background.loop.is_closed():
+            self._background.loop.call_soon_threadsafe(self._hang.set)
 
     def reset_counts(self) -> None:
         with self._lock:

@@ -48,6 +48,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from tests.support.background import BackgroundLoop
+
 DEFAULT_SERVICE = "registry.test"
 DEFAULT_ISSUER = "imagewarden-test-token-issuer"
 PUSH_USER = "pusher"
@@ -64,8 +66,7 @@ class BackgroundApp:
         self.app = app
         self.name = name
         self.port = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
+        self._background = BackgroundLoop(name)
 
     @property
     def url(self) -> str:
@@ -74,52 +75,26 @@ class BackgroundApp:
 
     def start(self) -> BackgroundApp:
         """Bind, start serving and return once the socket accepts connections."""
-        if self._thread is not None:
-            raise RuntimeError(f"{self.name} already started")
-        ready = threading.Event()
-        errors: list[BaseException] = []
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", 0))
         self.port = sock.getsockname()[1]
-        loop = asyncio.new_event_loop()
-        self._loop = loop
+        runner = web.AppRunner(self.app, access_log=None)
 
-        def run() -> None:
-            asyncio.set_event_loop(loop)
-            runner = web.AppRunner(self.app, access_log=None)
+        async def serve() -> None:
             try:
-                loop.run_until_complete(runner.setup())
-                loop.run_until_complete(web.SockSite(runner, sock).start())
-            except BaseException as error:  # surfaced to start()'s caller
-                errors.append(error)
-                ready.set()
+                await runner.setup()
+                await web.SockSite(runner, sock).start()
+            except BaseException:
                 sock.close()
-                loop.close()
-                return
-            ready.set()
-            try:
-                loop.run_forever()
-            finally:
-                loop.run_until_complete(runner.cleanup())
-                loop.close()
+                raise
 
-        self._thread = threading.Thread(target=run, name=self.name, daemon=True)
-        self._thread.start()
-        if not ready.wait(10) or errors:
-            self.stop()
-            raise RuntimeError(f"{self.name} failed to start") from (errors[0] if errors else None)
+        self._background.start(serve, runner.cleanup)
         return self
 
     def stop(self) -> None:
         """Stop the loop and join the thread (idempotent)."""
-        loop, thread = self._loop, self._thread
-        self._loop = self._thread = None
-        if loop is None or thread is None:
-            return
-        if not loop.is_closed():
-            loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
+        self._background.stop()
 
 
 class TokenFault(enum.Enum):
