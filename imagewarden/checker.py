@@ -138,6 +138,10 @@ def _error_code(error: RegistryError) -> str:
     return "registry_error"
 
 
+def _not_checked(ref: Reference, error: RegistryError) -> str:
+    return f"{ref.familiar} could not be checked: {error}"
+
+
 def _human_size(size_bytes: int) -> str:
     size = float(size_bytes)
     for unit in ("bytes", "kB", "MB", "GB"):
@@ -214,7 +218,10 @@ class Checker:
         except RegistryError as error:
             if error.temporary:
                 return self._unavailable(ref, error, named)
-            return replace(named, reason=str(error), code=_error_code(error))
+            code = _error_code(error)
+            # Only verdicts about the image itself name it; registry faults get the prefix.
+            reason = str(error) if code != "registry_error" else _not_checked(ref, error)
+            return replace(named, reason=reason, code=code)
         size = (
             f", {_human_size(resolution.size_bytes)} to download" if resolution.size_bytes else ""
         )
@@ -250,7 +257,7 @@ class Checker:
             )
         return replace(
             named,
-            reason=f"{ref.familiar} could not be checked: {error}",
+            reason=_not_checked(ref, error),
             code="registry_unavailable",
         )
 

@@ -95,6 +95,7 @@ async def test_bad_answers_are_refused_with_a_reason(
     elapsed = time.monotonic() - started
     assert (verdict.allowed, verdict.code) == (False, code)
     assert reason in verdict.reason
+    assert verdict.reason.count(f"quay.io/fault/{fault}") == 1, verdict.reason
     assert verdict.pinned is None
     assert elapsed < BUDGET_SECONDS + 0.5
     # Nothing wrong was cached: the same question goes to the registry again.

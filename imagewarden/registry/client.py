@@ -468,8 +468,7 @@ class RegistryClient:
             )
         if status == 429:
             return RateLimitedError(
-                f"{registry} is rate-limiting requests right now, so {name} could not be "
-                "checked; try again in a minute.",
+                f"{registry} is rate-limiting requests right now; try again in a minute.",
                 registry=registry,
                 status=status,
                 codes=codes,
@@ -477,7 +476,7 @@ class RegistryClient:
             )
         temporary = status >= 500 or status in RegistryError.temporary_statuses
         return RegistryError(
-            f"{registry} answered {status} when asked for the {what} of {name}"
+            f"{registry} answered {status} when asked for the {what}"
             + ("; it may be having problems, try again shortly." if temporary else "."),
             registry=registry,
             status=status,
