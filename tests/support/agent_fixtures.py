@@ -98,7 +98,7 @@ class RegistryProxy:
     def release(self) -> None:
         """Let every hanging blob download continue, and stall no more repositories."""
         self.stalled_repos = set()
-        loop, event = self._server._loop, self._release
+        loop, event = self._server.loop, self._release
         if loop is not None and event is not None and not loop.is_closed():
             loop.call_soon_threadsafe(event.set)
 

@@ -73,6 +73,11 @@ class BackgroundApp:
         """``http://127.0.0.1:PORT``."""
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        """The serving loop, for ``call_soon_threadsafe`` from tests; None when stopped."""
+        return self._background.loop
+
     def start(self) -> BackgroundApp:
         """Bind, start serving and return once the socket accepts connections."""
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
