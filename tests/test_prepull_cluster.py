@@ -134,6 +134,15 @@ def write_config(path: Path, registry: RunningRegistry, prepull: dict[str, Any])
     return path
 
 
+def cpu_pool(namespace: str, images: Images, **extra: Any) -> dict[str, Any]:
+    return {
+        "namespace": namespace,
+        "noop_image": images.noop,
+        "pools": {"cpu": {"nodeSelector": CPU_SELECTOR, "images": [images.refs["cpu"]]}},
+        **extra,
+    }
+
+
 def two_pools(namespace: str, images: Images, **extra: Any) -> dict[str, Any]:
     return {
         "namespace": namespace,
@@ -513,11 +522,7 @@ async def test_config_change_patches_and_removed_pool_is_deleted(
         write_config(
             tmp_path / "1.yaml",
             open_registry,
-            {
-                "namespace": namespace,
-                "noop_image": images.noop,
-                "pools": {"cpu": {"nodeSelector": CPU_SELECTOR, "images": [images.refs["cpu"]]}},
-            },
+            cpu_pool(namespace, images),
         )
     )
     async with (
@@ -636,12 +641,7 @@ async def test_moved_tag_rolls_the_pool_to_the_new_digest(
     tmp_path: Path,
 ) -> None:
     images = await push_images(open_registry, image_factory, kube_nodes, namespace, ["cpu"])
-    prepull = {
-        "namespace": namespace,
-        "noop_image": images.noop,
-        "resolve_interval_seconds": 5,
-        "pools": {"cpu": {"nodeSelector": CPU_SELECTOR, "images": [images.refs["cpu"]]}},
-    }
+    prepull = cpu_pool(namespace, images, resolve_interval_seconds=5)
     settings = load_config(write_config(tmp_path / "c.yaml", open_registry, prepull))
     repo = f"{namespace}/cpu"
     async with (
@@ -685,11 +685,7 @@ async def test_api_server_restart_mid_watch_keeps_state(
         write_config(
             tmp_path / "c.yaml",
             open_registry,
-            {
-                "namespace": namespace,
-                "noop_image": images.noop,
-                "pools": {"cpu": {"nodeSelector": CPU_SELECTOR, "images": [images.refs["cpu"]]}},
-            },
+            cpu_pool(namespace, images),
         )
     )
     async with (
@@ -771,11 +767,7 @@ async def test_only_the_lease_holder_acts(
         write_config(
             tmp_path / "c.yaml",
             open_registry,
-            {
-                "namespace": namespace,
-                "noop_image": images.noop,
-                "pools": {"cpu": {"nodeSelector": CPU_SELECTOR, "images": [images.refs["cpu"]]}},
-            },
+            cpu_pool(namespace, images),
         )
     )
     coordination = client.CoordinationV1Api(kube_admin)
@@ -833,11 +825,7 @@ async def test_controller_under_exact_rbac_via_cli(
     config_path = write_config(
         tmp_path / "config.yaml",
         open_registry,
-        {
-            "namespace": namespace,
-            "noop_image": images.noop,
-            "pools": {"cpu": {"nodeSelector": CPU_SELECTOR, "images": [images.refs["cpu"]]}},
-        },
+        cpu_pool(namespace, images),
     )
     port = free_port()
     url = f"http://127.0.0.1:{port}"
