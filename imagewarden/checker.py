@@ -19,11 +19,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
+from imagewarden._lru import LRUCache
 from imagewarden.config import DEFAULT_SETTINGS, FailureMode, Settings
 from imagewarden.errors import (
     CredentialsRefusedError,
@@ -103,24 +103,6 @@ class _Entry:
     immutable: bool = False
 
 
-@dataclass
-class _Cache:
-    max_entries: int
-    entries: OrderedDict[tuple[str, str], _Entry] = field(default_factory=OrderedDict)
-
-    def get(self, key: tuple[str, str]) -> _Entry | None:
-        entry = self.entries.get(key)
-        if entry is not None:
-            self.entries.move_to_end(key)
-        return entry
-
-    def put(self, key: tuple[str, str], entry: _Entry) -> None:
-        self.entries[key] = entry
-        self.entries.move_to_end(key)
-        while len(self.entries) > self.max_entries:
-            self.entries.popitem(last=False)
-
-
 _ERROR_CODES: tuple[tuple[type[RegistryError], str], ...] = (
     (TagNotFoundError, "tag_missing"),
     (RepositoryNotFoundError, "not_found"),
@@ -166,7 +148,7 @@ class Checker:
         self.resolver = resolver
         self.metrics = metrics or Metrics()
         self._clock = clock
-        self._cache = _Cache(settings.checker.cache_entries)
+        self._cache: LRUCache[tuple[str, str], _Entry] = LRUCache(settings.checker.cache_entries)
         self._inflight: dict[tuple[str, str], asyncio.Task[_Entry]] = {}
 
     async def check(self, image: str, *, profile: str | None = None) -> Verdict:

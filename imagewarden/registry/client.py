@@ -28,7 +28,6 @@ import email.utils
 import json
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
@@ -39,6 +38,7 @@ from multidict import CIMultiDictProxy
 from yarl import URL
 
 import imagewarden
+from imagewarden._lru import LRUCache
 from imagewarden.config import DEFAULT_SETTINGS, Settings
 from imagewarden.errors import (
     CredentialsRefusedError,
@@ -139,26 +139,6 @@ def _ratelimit_remaining(value: str | None) -> float | None:
     return float(head) if head.isdigit() else None
 
 
-class _LRU:
-    """Bounded map for immutable digest-keyed data."""
-
-    def __init__(self, max_entries: int) -> None:
-        self._data: OrderedDict[tuple[str, ...], Any] = OrderedDict()
-        self._max_entries = max_entries
-
-    def get(self, key: tuple[str, ...]) -> Any:
-        value = self._data.get(key)
-        if value is not None:
-            self._data.move_to_end(key)
-        return value
-
-    def put(self, key: tuple[str, ...], value: Any) -> None:
-        self._data[key] = value
-        self._data.move_to_end(key)
-        while len(self._data) > self._max_entries:
-            self._data.popitem(last=False)
-
-
 class RegistryClient:
     """Resolves references against registries; use ``async with`` to own the HTTP session."""
 
@@ -182,7 +162,7 @@ class RegistryClient:
         self._clock = clock
         self._tokens = TokenCache(clock=clock)
         self._bearer_challenges: dict[str, Challenge] = {}
-        self._documents = _LRU(settings.checker.cache_entries)
+        self._documents: LRUCache[tuple[str, ...], Any] = LRUCache(settings.checker.cache_entries)
 
     async def __aenter__(self) -> Self:
         if self._session is None:
