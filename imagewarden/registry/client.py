@@ -259,15 +259,7 @@ class RegistryClient:
         for _ in range(max_pages):
             if url is None:
                 break
-            response = await self._request(
-                registry,
-                "GET",
-                url,
-                scope=f"repository:{ref.path}:pull",
-                max_body_bytes=mf.MAX_MANIFEST_BYTES,
-            )
-            if response.status != 200:
-                raise self._status_error(registry, ref, response, what="tag list")
+            response = await self._get_ok(registry, ref, url, what="tag list")
             document = mf.load_json(response.body, registry=registry, what="tag list")
             page = document.get("tags") or []
             if not isinstance(page, list):
@@ -359,6 +351,16 @@ class RegistryClient:
         if cached is not None:
             return cached if isinstance(cached, mf.Platform) else None
         url = endpoint_for(registry, self.settings.registries) / "v2" / ref.path / "blobs" / digest
+        response = await self._get_ok(registry, ref, url, what="image configuration")
+        mf.verify_digest(response.body, digest, registry=registry)
+        platform = mf.platform_of_config(
+            mf.load_json(response.body, registry=registry, what="image configuration")
+        )
+        self._documents.put(key, platform or "unknown")
+        return platform
+
+    async def _get_ok(self, registry: str, ref: Reference, url: URL, *, what: str) -> _Response:
+        """GET a small JSON document of ``ref``'s repository; anything but 200 is an error."""
         response = await self._request(
             registry,
             "GET",
@@ -367,13 +369,8 @@ class RegistryClient:
             max_body_bytes=mf.MAX_MANIFEST_BYTES,
         )
         if response.status != 200:
-            raise self._status_error(registry, ref, response, what="image configuration")
-        mf.verify_digest(response.body, digest, registry=registry)
-        platform = mf.platform_of_config(
-            mf.load_json(response.body, registry=registry, what="image configuration")
-        )
-        self._documents.put(key, platform or "unknown")
-        return platform
+            raise self._status_error(registry, ref, response, what=what)
+        return response
 
     async def _manifest_error(
         self, registry: str, ref: Reference, reference: str, response: _Response
